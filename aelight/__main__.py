@@ -1,0 +1,3 @@
+from aelight.cli import main
+
+main()

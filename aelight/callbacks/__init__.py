@@ -1,0 +1,5 @@
+from aelight.callbacks.finite_loss import FiniteLossGuard
+from aelight.callbacks.images import ReconstructionImages
+from aelight.callbacks.predictions import PredictionWriter
+
+__all__ = ["FiniteLossGuard", "ReconstructionImages", "PredictionWriter"]

@@ -1,0 +1,135 @@
+"""The ``aelight`` command: LightningCLI with fit / validate / test / predict.
+
+``aelight fit --config configs/vae.yaml`` picks the variant by its class path; trainer configs in
+``configs/trainer/`` switch between CPU, one GPU with bf16 and DDP.
+"""
+
+import glob
+import os
+import re
+import sys
+import tempfile
+from typing import Optional
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages
+from aelight.data import MNISTDataModule
+from aelight.errors import AelightError
+from aelight.models import AE
+
+CKPT_ALIASES = ("best", "last")
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class AELightCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Callbacks every run gets, each configurable under its own key (e.g. --checkpoint.monitor).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.filename": "best",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+            }
+        )
+        parser.add_lightning_class_args(ReconstructionImages, "images")
+        parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.set_defaults({"model": {"class_path": "aelight.models.AE"}})
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")  # None when built with run=False
+        cfg = self.config[subcommand] if subcommand else self.config
+        if subcommand and cfg.get("weights_only") is None:
+            cfg.weights_only = True  # checkpoints are loaded without unpickling arbitrary objects
+        logger = cfg.trainer.logger
+        tensorboard = _is_tensorboard(logger)
+        if tensorboard and logger.init_args.get("name") in (None, "auto"):
+            logger.init_args.name = cfg.model.class_path.rsplit(".", 1)[-1].lower()
+        if cfg.get("ckpt_path"):
+            cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if tensorboard else None)
+        if subcommand == "fit":
+            save_dir = logger.init_args.save_dir if tensorboard else cfg.trainer.default_root_dir or "."
+            _check_writable(save_dir)
+
+    @staticmethod
+    def _resolve_ckpt(ckpt_path: str, logger) -> str:
+        """Turn ``best`` / ``last`` into the newest such checkpoint of this experiment, and log into
+        the checkpoint's run folder (``version_N``), so a resumed run continues its own logs."""
+        if logger is None:
+            if ckpt_path in CKPT_ALIASES:
+                raise AelightError(f"--ckpt_path {ckpt_path} needs the TensorBoard logger to find runs; give a file")
+            return ckpt_path
+        run_root = os.path.join(logger.init_args.save_dir, logger.init_args.name)
+        if ckpt_path in CKPT_ALIASES:
+            found = glob.glob(os.path.join(run_root, "version_*", "checkpoints", f"{ckpt_path}.ckpt"))
+            if not found:
+                raise AelightError(
+                    f"--ckpt_path {ckpt_path}: no {ckpt_path}.ckpt under {run_root}/version_*/checkpoints/; "
+                    "train first with `aelight fit --config ...` (same config), or give a checkpoint file"
+                )
+            ckpt_path = max(found, key=_version_number)
+        if not os.path.isfile(ckpt_path):
+            raise AelightError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        version = _version_number(ckpt_path)
+        same_experiment = os.path.samefile(os.path.dirname(os.path.dirname(os.path.dirname(ckpt_path))), run_root) \
+            if os.path.isdir(run_root) else False
+        if version >= 0 and same_experiment and logger.init_args.get("version") is None:
+            logger.init_args.version = version
+        return ckpt_path
+
+
+def _is_tensorboard(logger) -> bool:
+    return getattr(logger, "class_path", None) == TENSORBOARD
+
+
+def _version_number(ckpt_path: str) -> int:
+    """N of ``.../version_N/checkpoints/x.ckpt``, or -1."""
+    match = re.search(r"version_(\d+)[/\\]checkpoints[/\\][^/\\]+$", ckpt_path)
+    return int(match.group(1)) if match else -1
+
+
+def _check_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise AelightError(
+            f"output folder {os.path.abspath(folder)} is not writable ({err.strerror}); "
+            "choose another with --trainer.logger.init_args.save_dir DIR"
+        ) from None
+
+
+def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
+    return AELightCLI(
+        model_class=AE,
+        subclass_mode_model=True,
+        datamodule_class=MNISTDataModule,
+        seed_everything_default=42,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "max_epochs": 50,
+            "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "lightning_logs", "name": "auto"}},
+        },
+        args=args,
+        run=run,
+    )
+
+
+def main(args: Optional[list] = None) -> None:
+    try:
+        build_cli(args)
+    except AelightError as err:
+        print(f"aelight: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

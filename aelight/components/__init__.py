@@ -1,0 +1,11 @@
+"""Encoder and decoder networks: plain ``nn.Module``s that the LightningModules are built from.
+
+Every encoder exposes ``out_features`` (the size of its flat output) and every decoder
+``in_features`` (the size of the code it expects), so a model can check that the two fit.
+Decoders return logits; the model applies the output link (a sigmoid for pixels in [0, 1]).
+"""
+
+from aelight.components.conv import ConvDecoder, ConvEncoder
+from aelight.components.mlp import MLPDecoder, MLPEncoder
+
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]

@@ -1,0 +1,82 @@
+"""Fully connected encoder and decoder for flattened images."""
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from aelight.errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU}
+
+
+def logit(p: Tensor, eps: float = 1e-3) -> Tensor:
+    p = p.float().clamp(eps, 1 - eps)
+    return (p / (1 - p)).log()
+
+
+def activation(name: Optional[str]) -> nn.Module:
+    if name is None:
+        return nn.Identity()
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} or null")
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes: Sequence[int], hidden_activation: str, final_activation: Optional[str]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        layers += [nn.Linear(fan_in, fan_out), activation(final_activation if last else hidden_activation)]
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """Flatten the image, then Linear layers ``in -> hidden_dims... -> out_features``.
+
+    The defaults are the seed's encoder: 784 -> 32 with a ReLU on the code.
+    """
+
+    def __init__(
+        self,
+        out_features: int = 32,
+        hidden_dims: Sequence[int] = (),
+        input_shape: Sequence[int] = (1, 28, 28),
+        activation: str = "relu",
+        final_activation: Optional[str] = "relu",
+    ):
+        super().__init__()
+        self.out_features = out_features
+        self.net = mlp([math.prod(input_shape), *hidden_dims, out_features], activation, final_activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """Linear layers ``in_features -> hidden_dims... -> prod(output_shape)``, reshaped to the image.
+
+    Returns logits (no final activation); the model maps them to pixel space.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 32,
+        hidden_dims: Sequence[int] = (),
+        output_shape: Sequence[int] = (1, 28, 28),
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.output_shape = tuple(output_shape)
+        self.net = mlp([in_features, *hidden_dims, math.prod(output_shape)], activation, None)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.output_shape)
+
+    @torch.no_grad()
+    def set_output_bias(self, mean_image: Tensor) -> None:
+        """Make a zero code decode to ``mean_image`` (pixels in [0, 1])."""
+        self.net[-2].bias.copy_(logit(mean_image).flatten())

@@ -1,0 +1,174 @@
+"""MNIST-format datasets (MNIST, Fashion-MNIST, KMNIST) as a LightningDataModule.
+
+Files are read with torchvision's dataset classes. Pixels are in [0, 1]: the seed script's
+``Normalize((0.5,), (0.5,))`` would put targets in [-1, 1], out of reach of a sigmoid decoder.
+"""
+
+import os
+from typing import Literal, Optional, Union
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from aelight.data.device_batches import DeviceBatches
+from aelight.data.idx import IDX_FILES, check_raw_folder
+from aelight.errors import DataError
+
+DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
+Split = Literal["train", "val", "test"]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Seeded train/validation split of the official training set; the official test set.
+
+    Args:
+        data_dir: root folder; files are read from ``<data_dir>/<MNIST|FashionMNIST|KMNIST>/raw``.
+        dataset: ``mnist``, ``fashion_mnist`` or ``kmnist`` (same format, same code path).
+        download: fetch missing files (needs the internet).
+        batch_size: training batch size.
+        eval_batch_size: batch size of validation, test and predict.
+        val_size: images of the training set held out for validation.
+        split_seed: seed of the train/validation split.
+        shuffle_seed: seed of the per-epoch order of the device-resident path.
+        device_resident: hold each split on the training device and cut batches there (fast);
+            ``false`` uses torchvision transforms and a standard DataLoader.
+        num_workers, pin_memory: for the standard DataLoader path.
+        predict_split: which split ``predict`` encodes.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        dataset: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist",
+        download: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        shuffle_seed: int = 0,
+        device_resident: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        predict_split: Split = "test",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+        self.data_dir, self.dataset, self.download = os.path.expanduser(data_dir), dataset, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.device_resident, self.num_workers, self.pin_memory = device_resident, num_workers, pin_memory
+        self.predict_split = predict_split
+        self.splits: dict[str, Union[Subset, datasets.MNIST]] = {}
+        self._resident: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def raw_folder(self) -> str:
+        return os.path.join(self.data_dir, DATASETS[self.dataset].__name__, "raw")
+
+    def _read(self, train: bool, download: bool = False) -> datasets.MNIST:
+        cls = DATASETS[self.dataset]
+        missing = [f for f in IDX_FILES if not os.path.exists(os.path.join(self.raw_folder, f))]
+        if missing and not download:
+            raise self._missing_error(missing)
+        try:
+            return cls(self.data_dir, train=train, download=download and bool(missing), transform=transforms.ToTensor())
+        except DataError:
+            raise
+        except Exception as err:  # noqa: BLE001 - re-raised as a message that says what to do
+            missing = [f for f in IDX_FILES if not os.path.exists(os.path.join(self.raw_folder, f))]
+            if missing:
+                raise self._missing_error(missing, reason=f"download failed: {err}") from None
+            check_raw_folder(self.raw_folder)  # names the bad file when the files are malformed
+            raise DataError(f"could not read {self.dataset} from {self.raw_folder}: {err}") from None
+
+    def _missing_error(self, missing: list[str], reason: str = "download is off") -> DataError:
+        return DataError(
+            f"{self.dataset} data not found in {os.path.abspath(self.raw_folder)} ({reason}).\n"
+            f"Expected the four files {', '.join(IDX_FILES)} there (missing: {', '.join(missing)}).\n"
+            f"On an offline machine, copy them (uncompressed) into that folder, or point "
+            f"--data.data_dir at a folder that holds {DATASETS[self.dataset].__name__}/raw/, "
+            "and set --data.download false."
+        )
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: the only place that may download.
+        for train in (True, False):
+            self._read(train, download=self.download)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        check_raw_folder(self.raw_folder)
+        full_train, test = self._read(train=True), self._read(train=False)
+        n = len(full_train)
+        if not 0 < self.val_size < n:
+            raise DataError(f"data.val_size must be between 1 and {n - 1} (the training set has {n} images)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        self.splits = {
+            "train": Subset(full_train, perm[self.val_size :].tolist()),
+            "val": Subset(full_train, perm[: self.val_size].tolist()),
+            "test": test,
+        }
+
+    def split_tensors(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images (uint8, N x 28 x 28) and labels, as torchvision read them."""
+        ds = self.splits[split]
+        if isinstance(ds, Subset):
+            idx = torch.as_tensor(ds.indices)
+            return ds.dataset.data[idx], ds.dataset.targets[idx]
+        return ds.data, ds.targets
+
+    def mean_image(self, split: Split = "train") -> torch.Tensor:
+        """Mean of a split's images, in [0, 1], shape (1, 28, 28)."""
+        images = self.split_tensors(split)[0]
+        return (images.sum(0, dtype=torch.float64) / (255.0 * len(images))).float().unsqueeze(0)
+
+    def fixed_images(self, split: Split = "val", n: int = 16) -> torch.Tensor:
+        """The first ``n`` images of a split, float in [0, 1], shape (n, 1, 28, 28): for image grids."""
+        return self.split_tensors(split)[0][:n].unsqueeze(1).float() / 255.0
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _loader(self, split: Split, shuffle: bool):
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        if not self.device_resident:
+            return DataLoader(
+                self.splits[split],
+                batch_size=batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+        device = self._device()
+        key = (split, str(device))
+        if key not in self._resident:
+            images, labels = self.split_tensors(split)
+            self._resident[key] = (images.to(device), labels.to(device))
+        trainer = self.trainer
+        return DeviceBatches(
+            *self._resident[key],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.shuffle_seed,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_split, shuffle=False)

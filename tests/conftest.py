@@ -1,0 +1,81 @@
+"""Fixtures: tiny MNIST-format IDX files written on the spot, so every test goes through
+torchvision's real reader and none touches the network."""
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("AELIGHT_REAL_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (magic 0x0000080N, big-endian dims, raw bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten classes of smooth 28x28 strokes with jitter: structured enough for an autoencoder to learn."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    templates = []
+    t_rng = np.random.default_rng(1234)  # the same ten templates in every split
+    for _ in range(10):
+        img = np.zeros((28, 28))
+        for _ in range(3):
+            cy, cx = t_rng.uniform(8, 20, size=2)
+            sy, sx = t_rng.uniform(1.5, 5, size=2)
+            img += np.exp(-((yy - cy) ** 2 / (2 * sy**2) + (xx - cx) ** 2 / (2 * sx**2)))
+        templates.append(img / img.max())
+    labels = rng.integers(0, 10, size=n)
+    images = np.empty((n, 28, 28))
+    for i, label in enumerate(labels):
+        shifted = np.roll(templates[label], rng.integers(-2, 3, size=2), axis=(0, 1))
+        images[i] = np.clip(shifted * rng.uniform(0.7, 1.0) + rng.normal(0, 0.03, (28, 28)), 0, 1)
+    return (images * 255).round().astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist_root(root: Path, n_train: int = 600, n_test: int = 200, folder: str = "MNIST") -> Path:
+    raw = root / folder / "raw"
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data_dir holding MNIST/raw with 600 training and 200 test images."""
+    return make_mnist_root(tmp_path_factory.mktemp("tiny_mnist"))
+
+
+@pytest.fixture
+def cli_args(tiny_data, tmp_path):
+    """Common CLI flags for short runs on the tiny data, logging under tmp_path."""
+
+    def args(*extra: str, epochs: int = 1, batches: int = 2) -> list[str]:
+        return [
+            *extra,
+            f"--data.data_dir={tiny_data}",
+            "--data.download=false",
+            "--data.val_size=100",
+            "--data.batch_size=32",
+            "--data.eval_batch_size=50",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.limit_train_batches={batches}",
+            "--trainer.limit_val_batches=2",
+            "--trainer.limit_test_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        ]
+
+    return args

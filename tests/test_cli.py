@@ -1,0 +1,149 @@
+"""The ``aelight`` command, run in-process through its entry point on tiny data."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aelight.cli import main
+from tests.conftest import REPO
+
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "trainer").glob("*.yaml"))
+
+
+def run(args: list[str]) -> None:
+    main(args)
+
+
+def checkpoints(tmp_path: Path, name: str) -> list[str]:
+    return sorted(glob.glob(str(tmp_path / "logs" / name / "version_*" / "checkpoints" / "*.ckpt")))
+
+
+def test_configs_folder_has_every_variant():
+    assert {"ae.yaml", "denoising.yaml", "sparse_l1.yaml", "sparse_kl.yaml", "vae.yaml", "conv_ae.yaml"} <= set(CONFIGS)
+    assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_fits_then_tests_from_its_checkpoint(config, cli_args, tmp_path):
+    name = config.removesuffix(".yaml")
+    run(cli_args("fit", f"--config=configs/{config}"))
+    ckpts = checkpoints(tmp_path, name)
+    assert [os.path.basename(c) for c in ckpts] == ["best.ckpt", "last.ckpt"]
+    run(cli_args("test", f"--config=configs/{config}", "--ckpt_path=best"))
+    # test logs into the checkpoint's run folder rather than a new version
+    assert len(glob.glob(str(tmp_path / "logs" / name / "version_*"))) == 1
+
+
+@pytest.mark.parametrize("trainer_config", ["cpu.yaml", "gpu_bf16.yaml", "ddp.yaml"])
+def test_trainer_configs_parse_and_cpu_runs(trainer_config, cli_args, tmp_path):
+    # GPU configs are run with the accelerator switched to the CPU (same precision and the rest).
+    overrides = [] if trainer_config == "cpu.yaml" else ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+    if trainer_config == "ddp.yaml":
+        overrides.append("--trainer.strategy=auto")
+    run(cli_args("fit", "--config=configs/ae.yaml", f"--config=configs/trainer/{trainer_config}", *overrides))
+    assert len(checkpoints(tmp_path, "ae")) == 2
+
+
+def test_model_chosen_by_class_name_and_print_config(cli_args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(["fit", "--model=VAE", "--print_config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: aelight.models.vae.VAE" in printed or "class_path: aelight.VAE" in printed
+    assert "likelihood: bernoulli" in printed
+
+
+def test_tensorboard_holds_scalars_and_reconstruction_images(cli_args, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(cli_args("fit", "--config=configs/vae.yaml", "--trainer.log_every_n_steps=1", epochs=2))
+    (run_dir,) = glob.glob(str(tmp_path / "logs" / "vae" / "version_*"))
+    events = EventAccumulator(run_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"images/reconstructions", "images/prior_samples"} <= set(tags["images"])
+    image = events.Images("images/reconstructions")
+    assert len(image) == 2  # one per validation epoch, not for the sanity check
+    assert image[-1].height > 2 * 28 and image[-1].width > 16 * 28  # input row above reconstruction row
+    for tag in ("train/loss_step", "train/kl_step", "val/loss", "val/elbo", "val/kl", "val/recon", "val/psnr",
+                "val/ssim", "val/mse", "lr-Adam"):
+        assert tag in tags["scalars"], tag
+    assert os.path.exists(os.path.join(run_dir, "config.yaml")) and os.path.exists(os.path.join(run_dir, "hparams.yaml"))
+
+
+def test_denoising_images_show_noisy_output_clean_rows(cli_args, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(cli_args("fit", "--config=configs/denoising.yaml"))
+    (run_dir,) = glob.glob(str(tmp_path / "logs" / "denoising" / "version_*"))
+    events = EventAccumulator(run_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    image = events.Images("images/reconstructions")[-1]
+    assert image.height > 3 * 28  # three rows
+    assert {"val/denoise_psnr", "val/denoise_ssim", "val/psnr"} <= set(events.Tags()["scalars"])
+
+
+def test_resume_from_last_continues_in_the_same_run(cli_args, tmp_path):
+    run(cli_args("fit", "--config=configs/ae.yaml", epochs=1))
+    (last,) = [c for c in checkpoints(tmp_path, "ae") if c.endswith("last.ckpt")]
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    run(cli_args("fit", "--config=configs/ae.yaml", "--ckpt_path=last", epochs=3))
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 6
+    assert len(glob.glob(str(tmp_path / "logs" / "ae" / "version_*"))) == 1
+
+
+def test_predict_writes_codes_and_reconstructions(cli_args, tmp_path):
+    run(cli_args("fit", "--config=configs/ae.yaml"))
+    run(cli_args("predict", "--config=configs/ae.yaml", "--ckpt_path=last", "--data.predict_split=test"))
+    (path,) = glob.glob(str(tmp_path / "logs" / "ae" / "version_*" / "predictions.pt"))
+    out = torch.load(path, weights_only=True)
+    assert out["z"].shape == (200, 32) and out["recon"].shape == (200, 1, 28, 28) and out["label"].shape == (200,)
+
+
+def test_unknown_key_wrong_type_unknown_class_exit_2_without_traceback(cli_args):
+    for bad in (["--model.init_args.nope=1"], ["--data.batch_size=abc"], ["--model=NoSuchModel"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", *bad],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2, (bad, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower()
+
+
+def test_missing_data_exits_nonzero_with_one_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", f"--data.data_dir={tmp_path}",
+         "--data.download=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{tmp_path}/MNIST/raw" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
+
+
+def test_ckpt_alias_without_runs_is_a_clear_error(cli_args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(cli_args("test", "--config=configs/ae.yaml", "--ckpt_path=best"))
+    assert exit_.value.code == 1
+    assert "no best.ckpt under" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(cli_args, tmp_path, capsys):
+    run(cli_args("fit", "--config=configs/vae.yaml"))
+    (last,) = [c for c in checkpoints(tmp_path, "vae") if c.endswith("last.ckpt")]
+    before = open(last, "rb").read()
+    with pytest.raises(SystemExit) as exit_:  # lr 1e3 drives the log-variance to overflow; same run folder
+        run(cli_args("fit", "--config=configs/vae.yaml", "--trainer.logger.init_args.version=0",
+                     "--model.init_args.optimizer.init_args.lr=1e3", epochs=3, batches=10))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(r"non-finite loss at step \d+ \(terms not finite: loss", err), err
+    assert open(last, "rb").read() == before
