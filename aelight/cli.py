@@ -13,8 +13,10 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages
+from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
+from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.data import MNISTDataModule
 from aelight.errors import AelightError
 from aelight.models import AE
@@ -40,22 +42,46 @@ class AELightCLI(LightningCLI):
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(ResumableRNG, "rng")
         parser.set_defaults({"model": {"class_path": "aelight.models.AE"}})
 
-    def before_instantiate_classes(self) -> None:
-        subcommand = self.config.get("subcommand")  # None when built with run=False
+    def _subcommand_config(self):
+        """The config of the subcommand (the whole config when built with run=False), with the
+        logger's ``name: auto`` replaced by the model's class name."""
+        subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
+        logger = cfg.trainer.logger
+        if _is_tensorboard(logger) and logger.init_args.get("name") in (None, "auto"):
+            logger.init_args.name = cfg.model.class_path.rsplit(".", 1)[-1].lower()
+        return subcommand, cfg
+
+    def _parse_ckpt_path(self) -> None:
+        # Runs right after parsing, before Lightning reads the checkpoint's hyperparameters:
+        # resolve best/last, then check the file so a bad one gets a message, not a traceback.
+        subcommand, cfg = self._subcommand_config()
         if subcommand and cfg.get("weights_only") is None:
             cfg.weights_only = True  # checkpoints are loaded without unpickling arbitrary objects
+        if subcommand and cfg.get("ckpt_path"):
+            logger = cfg.trainer.logger
+            cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if _is_tensorboard(logger) else None)
+            SafeCheckpointIO().load_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=cfg.weights_only)
+            if not cfg.weights_only:
+                return  # Lightning's hyperparameter read is weights-only and would refuse the file
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        subcommand, cfg = self._subcommand_config()
         logger = cfg.trainer.logger
         tensorboard = _is_tensorboard(logger)
-        if tensorboard and logger.init_args.get("name") in (None, "auto"):
-            logger.init_args.name = cfg.model.class_path.rsplit(".", 1)[-1].lower()
-        if cfg.get("ckpt_path"):
-            cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if tensorboard else None)
         if subcommand == "fit":
             save_dir = logger.init_args.save_dir if tensorboard else cfg.trainer.default_root_dir or "."
             _check_writable(save_dir)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()  # atomic writes, clear load errors
+        return trainer
 
     @staticmethod
     def _resolve_ckpt(ckpt_path: str, logger) -> str:

@@ -135,7 +135,11 @@ class MNISTDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def _loader(self, split: Split, shuffle: bool):
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        batch_size = self.eval_batch_size
+        if split == "train":
+            # A model that takes several optimizer steps per Lightning batch gets that many batches at once.
+            steps = getattr(self.trainer.lightning_module, "steps_per_batch", 1) if self.trainer is not None else 1
+            batch_size = self.batch_size * steps
         if not self.device_resident:
             return DataLoader(
                 self.splits[split],

@@ -3,7 +3,6 @@
 from typing import Optional
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from aelight.corruption import NoiseKind, corrupt
@@ -25,11 +24,9 @@ class DenoisingAE(AE):
         noise: NoiseKind = "gaussian",
         noise_level: float = 0.3,
         eval_noise_seed: int = 1234,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        init_output_bias: bool = True,
+        **kwargs,
     ):
-        super().__init__(encoder, decoder, optimizer, lr_scheduler, init_output_bias)
+        super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         self.noise, self.noise_level, self.eval_noise_seed = noise, noise_level, eval_noise_seed
         self.denoise_metrics = nn.ModuleDict({s: reconstruction_metrics(f"{s}/denoise_") for s in EVAL_STAGES})
 

@@ -3,7 +3,6 @@
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from aelight.errors import ConfigError
@@ -35,11 +34,9 @@ class SparseAE(AE):
         weight: float = 1e-4,
         target_activation: float = 0.05,
         active_threshold: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        init_output_bias: bool = True,
+        **kwargs,
     ):
-        super().__init__(encoder, decoder, optimizer, lr_scheduler, init_output_bias)
+        super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if penalty not in ("l1", "kl"):
             raise ConfigError(f"SparseAE: penalty must be 'l1' or 'kl', got {penalty!r}")
         self.penalty, self.weight = penalty, weight

@@ -5,7 +5,6 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from aelight.components import MLPDecoder, MLPEncoder
@@ -29,15 +28,13 @@ class VAE(AE):
         likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         beta: float = 1.0,
         gaussian_std: float = 0.1,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        init_output_bias: bool = True,
+        **kwargs,
     ):
         if encoder is None:
             encoder = MLPEncoder(out_features=64, hidden_dims=[512], final_activation=None)
         if decoder is None:
             decoder = MLPDecoder(in_features=encoder.out_features // 2, hidden_dims=[512])
-        super().__init__(encoder, decoder, optimizer, lr_scheduler, init_output_bias)
+        super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if likelihood not in ("bernoulli", "gaussian"):
             raise ConfigError(f"VAE: likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         if gaussian_std <= 0:
