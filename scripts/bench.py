@@ -4,7 +4,7 @@ Both run in ONE process on one device, alternating epoch by epoch (the seed's ep
 two aelight epochs, outside aelight's timed window), so machine noise hits both alike.
 Printed per epoch: time, samples/s, the ratio aelight/seed and the test MSE of each in pixel space.
 
-    python scripts/bench.py --data-dir ../shared/data --epochs 3            # CPU or the default GPU
+    python scripts/bench.py --data-dir ../shared/data --epochs 3            # configs/ae.yaml, CPU or GPU
     python scripts/bench.py --data-dir ../shared/data --epochs 3 --json     # machine-readable
 
 The seed normalises pixels to [-1, 1] in front of a sigmoid decoder; its test MSE is reported in
@@ -25,8 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from aelight.data import MNISTDataModule  # noqa: E402
-from aelight.models import AE  # noqa: E402
+from aelight.cli import build_cli  # noqa: E402
 
 
 # --- the seed's code, verbatim except that paths and device are parameters ------------------------
@@ -129,7 +128,8 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     parser.add_argument("--precision", default="32-true", help="aelight's trainer precision, e.g. bf16-mixed")
     parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--steps-per-batch", type=int, default=8, help="aelight's optimizer steps per Lightning batch")
+    parser.add_argument("--config", default="configs/ae.yaml", help="aelight's experiment config (the seed's model)")
+    parser.add_argument("--steps-per-batch", type=int, default=None, help="override the config's steps_per_batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
@@ -146,7 +146,18 @@ def main() -> None:
         enable_model_summary=False,
     )
     device = trainer.strategy.root_device
-    dm = MNISTDataModule(data_dir=args.data_dir, download=False, val_size=args.val_size)
+    overrides = [f"--model.init_args.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
+    cli = build_cli(
+        [
+            f"--config={args.config}",
+            f"--data.data_dir={args.data_dir}",
+            "--data.download=false",
+            f"--data.val_size={args.val_size}",
+            *overrides,
+        ],
+        run=False,
+    )
+    model, dm = cli.model, cli.datamodule
     dm.setup("fit")
     test_images = (dm.split_tensors("test")[0].unsqueeze(1).float() / 255).to(device)
     rows = []
@@ -158,13 +169,14 @@ def main() -> None:
                 f"epoch {row['epoch']}: seed {row['seed_s']:.2f} s ({row['seed_samples_per_s'] / 1e3:.1f}k/s, "
                 f"test MSE {row['seed_test_mse']:.4f}) | aelight {row['aelight_s']:.3f} s "
                 f"({row['aelight_samples_per_s'] / 1e3:.1f}k/s, test MSE {row['aelight_test_mse']:.4f}) | "
-                f"aelight/seed: {row['speedup_epoch_time']:.1f}x epoch time, {row['speedup_samples_per_s']:.1f}x samples/s",
+                f"aelight/seed: {row['speedup_epoch_time']:.1f}x epoch time, "
+                f"{row['speedup_samples_per_s']:.1f}x samples/s",
                 flush=True,
             )
 
     seed = SeedLoop(args.data_dir, device)
     trainer.callbacks.append(Interleave(seed, test_images, device, report))
-    trainer.fit(AE(steps_per_batch=args.steps_per_batch), datamodule=dm)
+    trainer.fit(model, datamodule=dm)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     median = lambda key: sorted(r[key] for r in rows)[len(rows) // 2]  # noqa: E731
@@ -173,7 +185,8 @@ def main() -> None:
         "torch": torch.__version__,
         "lightning": L.__version__,
         "precision": args.precision,
-        "steps_per_batch": args.steps_per_batch,
+        "config": args.config,
+        "steps_per_batch": model.steps_per_batch,
         "epochs": rows,
         "median_speedup_epoch_time": median("speedup_epoch_time"),
         "median_speedup_samples_per_s": median("speedup_samples_per_s"),
@@ -182,8 +195,9 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"{device_name}: median over {len(rows)} epochs, aelight/seed = {summary['median_speedup_epoch_time']:.1f}x "
-            f"epoch time, {summary['median_speedup_samples_per_s']:.1f}x samples/s"
+            f"{device_name}: median over {len(rows)} epochs, aelight/seed = "
+            f"{summary['median_speedup_epoch_time']:.1f}x epoch time, "
+            f"{summary['median_speedup_samples_per_s']:.1f}x samples/s"
         )
 
 

@@ -72,10 +72,24 @@ def test_tensorboard_holds_scalars_and_reconstruction_images(cli_args, tmp_path)
     image = events.Images("images/reconstructions")
     assert len(image) == 2  # one per validation epoch, not for the sanity check
     assert image[-1].height > 2 * 28 and image[-1].width > 16 * 28  # input row above reconstruction row
-    for tag in ("train/loss", "train/kl", "train/loss_epoch", "train/elbo_epoch", "val/loss", "val/elbo", "val/kl", "val/recon", "val/psnr",
-                "val/ssim", "val/mse", "lr-Adam"):
+    for tag in (
+        "train/loss",
+        "train/kl",
+        "train/loss_epoch",
+        "train/elbo_epoch",
+        "val/loss",
+        "val/elbo",
+        "val/kl",
+        "val/recon",
+        "val/psnr",
+        "val/ssim",
+        "val/mse",
+        "lr-Adam",
+    ):
         assert tag in tags["scalars"], tag
-    assert os.path.exists(os.path.join(run_dir, "config.yaml")) and os.path.exists(os.path.join(run_dir, "hparams.yaml"))
+    assert os.path.exists(os.path.join(run_dir, "config.yaml")) and os.path.exists(
+        os.path.join(run_dir, "hparams.yaml")
+    )
 
 
 def test_denoising_images_show_noisy_output_clean_rows(cli_args, tmp_path):
@@ -113,7 +127,10 @@ def test_unknown_key_wrong_type_unknown_class_exit_2_without_traceback(cli_args)
     for bad in (["--model.init_args.nope=1"], ["--data.batch_size=abc"], ["--model=NoSuchModel"]):
         proc = subprocess.run(
             [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", *bad],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2, (bad, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower()
@@ -121,9 +138,20 @@ def test_unknown_key_wrong_type_unknown_class_exit_2_without_traceback(cli_args)
 
 def test_missing_data_exits_nonzero_with_one_message(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", f"--data.data_dir={tmp_path}",
-         "--data.download=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aelight",
+            "fit",
+            "--config=configs/ae.yaml",
+            f"--data.data_dir={tmp_path}",
+            "--data.download=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -142,8 +170,16 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(cli_args, tmp
     (last,) = [c for c in checkpoints(tmp_path, "vae") if c.endswith("last.ckpt")]
     before = open(last, "rb").read()
     with pytest.raises(SystemExit) as exit_:  # lr 1e3 drives the log-variance to overflow; same run folder
-        run(cli_args("fit", "--config=configs/vae.yaml", "--trainer.logger.init_args.version=0",
-                     "--model.init_args.optimizer.init_args.lr=1e3", epochs=3, batches=10))
+        run(
+            cli_args(
+                "fit",
+                "--config=configs/vae.yaml",
+                "--trainer.logger.init_args.version=0",
+                "--model.init_args.optimizer.init_args.lr=1e3",
+                epochs=3,
+                batches=10,
+            )
+        )
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert re.search(r"non-finite loss at step \d+ \(terms not finite: loss", err), err

@@ -61,7 +61,12 @@ def test_missing_data_offline_names_folder_and_files(tmp_path):
         dm.prepare_data()
     msg = str(err.value)
     assert str(tmp_path / "MNIST" / "raw") in msg
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         assert name in msg
 
 

@@ -10,7 +10,9 @@ from tests.conftest import REPO
 
 
 def aelight(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "aelight", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aelight", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -26,7 +28,10 @@ def test_ddp_two_processes_fit_test_and_predict(cli_args, tmp_path):
     test = aelight(*cli_args("test", *config, "--ckpt_path=last"))
     assert "test/mse" in test.stdout
     aelight(*cli_args("predict", *config, "--ckpt_path=last"))
-    parts = [torch.load(p, weights_only=True) for p in sorted(glob.glob(str(tmp_path / "logs" / "ae" / "version_0" / "predictions_rank*.pt")))]
+    parts = [
+        torch.load(p, weights_only=True)
+        for p in sorted(glob.glob(str(tmp_path / "logs" / "ae" / "version_0" / "predictions_rank*.pt")))
+    ]
     assert len(parts) == 2
     # the two ranks hold disjoint halves of the 200 test images
     assert [len(p["z"]) for p in parts] == [100, 100]

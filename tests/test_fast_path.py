@@ -18,8 +18,14 @@ from tests.conftest import REPO
 def fit_and_test(tiny_data, model, epochs=3, **data_kw) -> tuple[float, int]:
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32, **data_kw)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     return result["test/mse"], trainer.global_step
@@ -60,12 +66,22 @@ def test_denoising_training_noise_is_made_on_the_batch_device():
 
 def test_benchmark_script_runs_end_to_end_on_tiny_data(tiny_data):
     proc = subprocess.run(
-        [sys.executable, "scripts/bench.py", f"--data-dir={tiny_data}", "--epochs=2", "--val-size=100",
-         "--accelerator=cpu", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/bench.py",
+            f"--data-dir={tiny_data}",
+            "--epochs=2",
+            "--val-size=100",
+            "--accelerator=cpu",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert len(report["epochs"]) == 2 and report["device"].startswith("cpu")
     for row in report["epochs"]:
         assert row["seed_s"] > 0 and row["aelight_s"] > 0

@@ -112,8 +112,9 @@ SLOW_SAVE_DRIVER = textwrap.dedent(
 
 def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file_and_resume_completes(cli_args, tmp_path):
     args = cli_args("fit", "--config=configs/ae.yaml", epochs=4)
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE_DRIVER, *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE_DRIVER, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 120
         pattern = str(tmp_path / "logs" / "ae" / "version_*" / "checkpoints" / ".*.tmp")

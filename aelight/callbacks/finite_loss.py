@@ -22,11 +22,14 @@ class FiniteLossGuard(L.Callback):
         self._names: list[str] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        terms = getattr(pl_module, "last_loss_terms", None) or {"loss": outputs["loss"].detach()}
-        finite = torch.stack([torch.isfinite(v).all() for v in terms.values()])
+        values = getattr(pl_module, "last_loss_values", None)
+        names = getattr(pl_module, "loss_term_names", None)
+        if values is None:  # a model outside aelight: watch the loss it returns
+            values, names = outputs["loss"].detach().reshape(1), ["loss"]
+        finite = torch.isfinite(values)
         step = trainer.global_step
-        if self._first_bad_step is None or list(terms) != self._names:
-            self._names = list(terms)
+        if self._first_bad_step is None or names != self._names:
+            self._names = list(names)
             self._first_bad_step = torch.full((), -1, dtype=torch.long, device=finite.device)
             self._bad_terms = torch.zeros_like(finite)
         newly_bad = (~finite).any() & (self._first_bad_step < 0)
