@@ -115,8 +115,10 @@ def test_resume_from_last_continues_in_the_same_run(cli_args, tmp_path):
     assert len(glob.glob(str(tmp_path / "logs" / "ae" / "version_*"))) == 1
 
 
-def test_predict_writes_codes_and_reconstructions(cli_args, tmp_path):
+def test_validate_and_predict_from_a_checkpoint(cli_args, tmp_path, capsys):
     run(cli_args("fit", "--config=configs/ae.yaml"))
+    run(cli_args("validate", "--config=configs/ae.yaml", "--ckpt_path=best"))
+    assert "val/ssim" in capsys.readouterr().out
     run(cli_args("predict", "--config=configs/ae.yaml", "--ckpt_path=last", "--data.predict_split=test"))
     (path,) = glob.glob(str(tmp_path / "logs" / "ae" / "version_*" / "predictions.pt"))
     out = torch.load(path, weights_only=True)

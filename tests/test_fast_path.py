@@ -88,3 +88,12 @@ def test_benchmark_script_runs_end_to_end_on_tiny_data(tiny_data):
         assert row["speedup_epoch_time"] == pytest.approx(row["seed_s"] / row["aelight_s"])
         assert 0 < row["aelight_test_mse"] < 0.2
         assert row["seed_test_mse"] > row["aelight_test_mse"]  # the seed's [-1, 1] bug costs it
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_and_keep_checkpoint_names(tiny_data):
+    model = AE(compile_networks=True)
+    names = set(model.state_dict())
+    mse, steps = fit_and_test(tiny_data, model, epochs=1)
+    assert steps == 16 and mse < 0.2
+    assert set(model.state_dict()) == names  # compiled in place: checkpoints load into plain models

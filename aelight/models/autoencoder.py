@@ -64,6 +64,7 @@ class AE(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         init_output_bias: bool = True,
         steps_per_batch: int = 1,
+        compile_networks: bool = False,
     ):
         super().__init__()
         # From the CLI, hparams hold the config of networks and optimizer (class paths and arguments).
@@ -86,6 +87,7 @@ class AE(L.LightningModule):
         # (about 1 ms on a CPU, more than the step of a small model): the data module then
         # serves steps_per_batch x batch_size samples and training_step steps through them.
         self.automatic_optimization = steps_per_batch == 1
+        self.compile_networks = compile_networks
         self.metrics = nn.ModuleDict({s: reconstruction_metrics(f"{s}/") for s in EVAL_STAGES})
         # The last training step's loss terms, stacked (names in loss_term_names): read by FiniteLossGuard.
         self.loss_term_names: list[str] = []
@@ -130,6 +132,10 @@ class AE(L.LightningModule):
     # --- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         skip_repeated_gpu_probe()
+        if self.compile_networks and stage == "fit":
+            # In place (nn.Module.compile), so parameter names and checkpoints stay as they are.
+            self.encoder.compile()
+            self.decoder.compile()
         # Start the decoder at the mean training image (output bias = its logit), so the first
         # steps learn digits rather than the background: one epoch of the seed's model then
         # reaches a test MSE of about 0.021 instead of 0.035. Runs before a checkpoint is
