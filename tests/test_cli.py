@@ -13,7 +13,9 @@ import torch
 from aelight.cli import main
 from tests.conftest import REPO
 
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted(
+    str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "trainer"
+)
 TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "trainer").glob("*.yaml"))
 
 
@@ -27,16 +29,18 @@ def checkpoints(tmp_path: Path, name: str) -> list[str]:
 
 def test_configs_folder_has_every_variant():
     assert {"ae.yaml", "denoising.yaml", "sparse_l1.yaml", "sparse_kl.yaml", "vae.yaml", "conv_ae.yaml"} <= set(CONFIGS)
+    assert {"apps/ae_2d.yaml", "apps/sparse_features.yaml", "anomaly/ae.yaml"} <= set(CONFIGS)
     assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_fits_then_tests_from_its_checkpoint(config, cli_args, tmp_path):
-    name = config.removesuffix(".yaml")
-    run(cli_args("fit", f"--config=configs/{config}"))
+    name = config.removesuffix(".yaml").replace("/", "_")
+    log_name = f"--trainer.logger.init_args.name={name}"
+    run(cli_args("fit", f"--config=configs/{config}", log_name))
     ckpts = checkpoints(tmp_path, name)
     assert [os.path.basename(c) for c in ckpts] == ["best.ckpt", "last.ckpt"]
-    run(cli_args("test", f"--config=configs/{config}", "--ckpt_path=best"))
+    run(cli_args("test", f"--config=configs/{config}", log_name, "--ckpt_path=best"))
     # test logs into the checkpoint's run folder rather than a new version
     assert len(glob.glob(str(tmp_path / "logs" / name / "version_*"))) == 1
 

@@ -36,6 +36,8 @@ class MNISTDataModule(L.LightningDataModule):
             ``false`` uses torchvision transforms and a standard DataLoader.
         num_workers, pin_memory: for the standard DataLoader path.
         predict_split: which split ``predict`` encodes.
+        classes: keep only these labels in the train and validation splits (one-class training
+            for anomaly detection); the test split stays whole.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         predict_split: Split = "test",
+        classes: Optional[list[int]] = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +65,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
         self.device_resident, self.num_workers, self.pin_memory = device_resident, num_workers, pin_memory
         self.predict_split = predict_split
+        self.classes = classes
         self.splits: dict[str, Union[Subset, datasets.MNIST]] = {}
         self._resident: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -108,9 +112,15 @@ class MNISTDataModule(L.LightningDataModule):
         if not 0 < self.val_size < n:
             raise DataError(f"data.val_size must be between 1 and {n - 1} (the training set has {n} images)")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        train_idx, val_idx = perm[self.val_size :], perm[: self.val_size]
+        if self.classes is not None:
+            keep = torch.isin(full_train.targets, torch.as_tensor(self.classes))
+            train_idx, val_idx = train_idx[keep[train_idx]], val_idx[keep[val_idx]]
+            if not len(train_idx) or not len(val_idx):
+                raise DataError(f"data.classes={self.classes} leaves no training or validation images")
         self.splits = {
-            "train": Subset(full_train, perm[self.val_size :].tolist()),
-            "val": Subset(full_train, perm[: self.val_size].tolist()),
+            "train": Subset(full_train, train_idx.tolist()),
+            "val": Subset(full_train, val_idx.tolist()),
             "test": test,
         }
 

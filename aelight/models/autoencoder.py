@@ -129,6 +129,11 @@ class AE(L.LightningModule):
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """Per-image score, higher = more anomalous: the reconstruction's mean squared error."""
+        return (self.reconstruct(x).float() - x.float()).pow(2).flatten(1).mean(1)
+
     # --- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         skip_repeated_gpu_probe()

@@ -89,3 +89,16 @@ class VAE(AE):
     def sample(self, n: int) -> Tensor:
         """``n`` images decoded from prior draws z ~ N(0, I)."""
         return self.decode(torch.randn(n, self.latent_dim, device=self.device))
+
+    @torch.no_grad()
+    def anomaly_score(self, x: Tensor, samples: int = 10) -> Tensor:
+        """Per-image -ELBO in nats (averaged over ``samples`` posterior draws)."""
+        mu, logvar = self.posterior(x)
+        kl = self.kl_divergence(mu, logvar)
+        nll = torch.stack(
+            [
+                self.reconstruction_nll(x, self.decoder(mu + torch.randn_like(mu) * (0.5 * logvar).exp()))
+                for _ in range(samples)
+            ]
+        ).mean(0)
+        return nll + kl

@@ -1,0 +1,144 @@
+"""The application commands on tiny data (end to end, reports written), and their metric code on
+cases with known answers."""
+
+import glob
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aelight.apps import anomaly, denoise, generate, represent
+from aelight.cli import main as aelight
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """Checkpoints of a plain AE, a denoising AE and a VAE fitted briefly on the tiny data."""
+    logs = tmp_path_factory.mktemp("app_logs")
+    common = [
+        f"--data.data_dir={tiny_data}", "--data.download=false", "--data.val_size=100", "--data.batch_size=32",
+        "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={logs}",
+    ]  # fmt: skip
+    for config in ("ae", "denoising", "vae"):
+        aelight(["fit", f"--config=configs/{config}.yaml", *common])
+    return {
+        c: glob.glob(str(logs / c / "version_0" / "checkpoints" / "best.ckpt"))[0] for c in ("ae", "denoising", "vae")
+    }
+
+
+def tiny(tiny_data) -> list[str]:
+    return [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu"]
+
+
+def read_report(ckpt: str, name: str) -> dict:
+    (path,) = glob.glob(ckpt.replace("checkpoints/best.ckpt", f"apps/{name}/report.json"))
+    return json.loads(open(path).read())
+
+
+def test_denoise_command(trained, tiny_data):
+    denoise.main(["--ckpt", trained["denoising"], *tiny(tiny_data)])
+    report = read_report(trained["denoising"], "denoise")
+    for name in ("gaussian_0.25", "gaussian_0.5", "masking_0.5"):
+        r = report[name]
+        assert r["best_filter"]["filter"] in denoise.classical_filters()
+        assert r["noisy"]["psnr"] < r["best_filter"]["psnr"]  # a tuned filter beats doing nothing
+        assert 0 < r["autoencoder"]["ssim"] <= 1
+    folder = trained["denoising"].replace("checkpoints/best.ckpt", "apps/denoise/")
+    assert glob.glob(folder + "examples_gaussian_0.5.png") and glob.glob(folder + "psnr.png")
+    assert glob.glob(folder + "events.out.tfevents.*")
+
+
+def test_reduce_and_features_commands(trained, tiny_data):
+    represent.main_reduce(["--ckpt", trained["ae"], *tiny(tiny_data), "--projector-images=50"])
+    report = read_report(trained["ae"], "reduce")
+    assert report["code_size"] == 32 and 0.1 < report["knn5_test_accuracy"] <= 1
+    assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/sprite.png"))  # projector
+    represent.main_features(["--ckpt", trained["ae"], *tiny(tiny_data), "--max-iter=200"])
+    assert 0.1 < read_report(trained["ae"], "features")["logistic_regression_test_accuracy"] <= 1
+
+
+def test_anomaly_command(tiny_data, tmp_path):
+    out = tmp_path / "anomaly"
+    anomaly.main(
+        ["--config=configs/anomaly/ae.yaml", "--digits", "0", "3", "--epochs=2", *tiny(tiny_data), f"--out={out}",
+         f"--save-dir={tmp_path / 'logs'}", "--trainer.limit_train_batches=2"]
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["digits"]) == {"0", "3"} and report["score"] == "reconstruction MSE"
+    assert 0 <= report["mean_auroc"] <= 1
+    assert (out / "score_histograms.png").exists()
+
+
+def test_generate_command(trained, tiny_data, tmp_path):
+    classifier = tmp_path / "classifier.ckpt"
+    args = ["--ckpt", trained["vae"], "--baseline-ckpt", trained["ae"], *tiny(tiny_data), "--samples=300"]
+    generate.main([*args, f"--classifier={classifier}", "--classifier-epochs=1"])
+    assert classifier.exists()  # cached for the next run
+    report = read_report(trained["vae"], "generate")
+    for key in ("vae", "ae_gaussian_codes"):
+        assert 0.1 <= report[key]["mean_top_class_confidence"] <= 1
+        assert 0 <= report[key]["predicted_class_entropy_nats"] <= math.log(10) + 1e-6
+        assert report[key]["frechet_distance"] >= 0
+    folder = trained["vae"].replace("checkpoints/best.ckpt", "apps/generate/")
+    assert glob.glob(folder + "vae_samples.png") and glob.glob(folder + "interpolation.png")
+
+
+def test_generate_refuses_a_non_generative_model(trained, tiny_data, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(["--ckpt", trained["ae"], *tiny(tiny_data)])
+    assert exit_.value.code == 1 and "not a generative model" in capsys.readouterr().err
+
+
+# --- metric code on known answers ---------------------------------------------------------------
+
+
+class ByLabel(torch.nn.Module):
+    """A fake model whose anomaly score is read off the image: 1 for anomalies, 0 for normal."""
+
+    def __init__(self, sign: float):
+        super().__init__()
+        self.sign = sign
+
+    def anomaly_score(self, x):
+        return self.sign * x.flatten(1)[:, 0]
+
+
+class FakeData:
+    def __init__(self, digit: int):
+        labels = torch.arange(100) % 10
+        images = torch.zeros(100, 28, 28, dtype=torch.uint8)
+        images[:, 0, 0] = (labels != digit).to(torch.uint8) * 255
+        self.splits = {"test": (images, labels), "val": (images[labels == digit], labels[labels == digit])}
+
+    def split_tensors(self, split):
+        return self.splits[split]
+
+
+@pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
+def test_perfect_and_reversed_anomaly_scorers(sign, expected):
+    result, _, _ = anomaly.evaluate_digit(ByLabel(sign), FakeData(3), 3, "cpu", percentile=95)
+    assert result["auroc"] == pytest.approx(expected)
+    if sign > 0:
+        assert result["precision"] == 1.0 and result["recall"] == 1.0
+
+
+def test_knn_on_separable_codes_is_perfect():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 500)
+    codes = np.stack([labels * 10.0, -labels * 10.0], 1) + rng.normal(0, 0.5, (500, 2))
+    assert represent.knn_accuracy(codes[:400], labels[:400], codes[400:], labels[400:]) == 1.0
+
+
+def test_psnr_of_identical_images_is_infinite_and_known_otherwise():
+    x = torch.rand(4, 1, 28, 28)
+    assert math.isinf(denoise.psnr(x, x))
+    assert denoise.psnr(torch.zeros(2, 1, 28, 28), torch.full((2, 1, 28, 28), 0.1)) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_median_filter_removes_isolated_salt():
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = 1.0
+    assert denoise.median_filter(x, 3).abs().max() == 0
