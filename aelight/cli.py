@@ -103,13 +103,10 @@ class AELightCLI(LightningCLI):
         if not os.path.isfile(ckpt_path):
             raise AelightError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         version = _version_number(ckpt_path)
-        same_experiment = (
-            os.path.samefile(os.path.dirname(os.path.dirname(os.path.dirname(ckpt_path))), run_root)
-            if os.path.isdir(run_root)
-            else False
-        )
-        if version >= 0 and same_experiment and logger.init_args.get("version") is None:
-            logger.init_args.version = version
+        if version >= 0 and logger.init_args.get("version") is None and os.path.isdir(run_root):
+            experiment = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path))))
+            if os.path.samefile(experiment, run_root):  # a checkpoint of this experiment: log into its run
+                logger.init_args.version = version
         return ckpt_path
 
 
