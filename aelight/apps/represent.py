@@ -24,12 +24,11 @@ def codes(args):
     dm = common.data(args.data_dir, val_size=args.val_size)
     train_x, train_y = common.full_training_set(dm, args.device)
     test_x, test_y = common.images_and_labels(dm, "test", args.device)
-    encode = common.batched
     return (
         model,
-        encode(model.encode, train_x).float().cpu().numpy(),
+        common.batched(model.encode, train_x).float().cpu().numpy(),
         train_y.cpu().numpy(),
-        encode(model.encode, test_x).float().cpu().numpy(),
+        common.batched(model.encode, test_x).float().cpu().numpy(),
         test_y.cpu().numpy(),
         test_x,
     )

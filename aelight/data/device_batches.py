@@ -27,12 +27,14 @@ class DeviceBatches:
         epoch_fn: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        binarize: bool = False,
     ):
         if images.dtype != torch.uint8:
             raise TypeError("DeviceBatches holds images as uint8 (0..255)")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch_fn, self.rank, self.world_size = epoch_fn, rank, world_size
+        self.binarize = binarize
         share = math.ceil(len(images) / world_size)
         self.num_batches = math.ceil(share / batch_size)
 
@@ -62,4 +64,6 @@ class DeviceBatches:
             chunks = share.tensor_split(self.num_batches)
         for idx in chunks:
             x = self.images.index_select(0, idx).unsqueeze(1).float().div_(255.0)
+            if self.binarize:  # dynamic binarisation: a fresh Bernoulli draw each time an image is used
+                x = torch.bernoulli(x)
             yield x, self.labels.index_select(0, idx)

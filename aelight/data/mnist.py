@@ -38,6 +38,9 @@ class MNISTDataModule(L.LightningDataModule):
         predict_split: which split ``predict`` encodes.
         classes: keep only these labels in the train and validation splits (one-class training
             for anomaly detection); the test split stays whole.
+        binarize: binarized MNIST: each training image is drawn anew as Bernoulli(pixel) every
+            time it is used (dynamic binarisation); validation and test are binarized once with
+            ``binarize_seed`` (fixed). Needs ``device_resident: true``.
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class MNISTDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         predict_split: Split = "test",
         classes: Optional[list[int]] = None,
+        binarize: bool = False,
+        binarize_seed: int = 1234,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -66,6 +71,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.device_resident, self.num_workers, self.pin_memory = device_resident, num_workers, pin_memory
         self.predict_split = predict_split
         self.classes = classes
+        if binarize and not device_resident:
+            raise DataError("data.binarize needs data.device_resident: true (binarisation happens on the device)")
+        self.binarize, self.binarize_seed = binarize, binarize_seed
         self.splits: dict[str, Union[Subset, datasets.MNIST]] = {}
         self._resident: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -125,12 +133,19 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def split_tensors(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        """The split's images (uint8, N x 28 x 28) and labels, as torchvision read them."""
+        """The split's images (uint8, N x 28 x 28) and labels, as torchvision read them
+        (validation and test binarized once, to 0 or 255, when ``binarize`` is on)."""
         ds = self.splits[split]
         if isinstance(ds, Subset):
             idx = torch.as_tensor(ds.indices)
-            return ds.dataset.data[idx], ds.dataset.targets[idx]
-        return ds.data, ds.targets
+            images, labels = ds.dataset.data[idx], ds.dataset.targets[idx]
+        else:
+            images, labels = ds.data, ds.targets
+        if self.binarize and split != "train":
+            seed = self.binarize_seed + (0 if split == "val" else 1)
+            draw = torch.bernoulli(images.float() / 255.0, generator=torch.Generator().manual_seed(seed))
+            images = draw.to(torch.uint8) * 255
+        return images, labels
 
     def mean_image(self, split: Split = "train") -> torch.Tensor:
         """Mean of a split's images, in [0, 1], shape (1, 28, 28)."""
@@ -173,6 +188,7 @@ class MNISTDataModule(L.LightningDataModule):
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            binarize=self.binarize and split == "train",
         )
 
     def train_dataloader(self):

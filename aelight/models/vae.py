@@ -19,6 +19,10 @@ class VAE(AE):
     ``gaussian`` with a Normal of std ``gaussian_std`` around the sigmoid output. Both are summed
     over pixels, so ``recon``, ``kl`` and ``elbo`` are logged per sample in nats.
     At evaluation, ``reconstruct`` and the metrics use the posterior mean.
+
+    ``iwae_samples: K > 1`` trains on the importance-weighted bound of Burda et al. (K samples,
+    ``beta`` does not apply) and logs it as ``iwae_bound``. ``test_nll_samples: k > 0`` adds
+    ``test/nll``, the importance-sampled negative log-likelihood (see ``log_likelihood``).
     """
 
     def __init__(
@@ -28,6 +32,8 @@ class VAE(AE):
         likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         beta: float = 1.0,
         gaussian_std: float = 0.1,
+        iwae_samples: int = 1,
+        test_nll_samples: int = 0,
         **kwargs,
     ):
         if encoder is None:
@@ -41,7 +47,10 @@ class VAE(AE):
             raise ConfigError(f"VAE: gaussian_std must be positive, got {gaussian_std}")
         if encoder.out_features % 2:
             raise ConfigError("VAE: the encoder's out_features must be even (mean and log-variance)")
+        if iwae_samples < 1 or test_nll_samples < 0:
+            raise ConfigError("VAE: iwae_samples must be at least 1 and test_nll_samples at least 0")
         self.likelihood, self.beta, self.gaussian_std = likelihood, beta, gaussian_std
+        self.iwae_samples, self.test_nll_samples = iwae_samples, test_nll_samples
 
     @property
     def latent_dim(self) -> int:
@@ -83,7 +92,44 @@ class VAE(AE):
     def loss_terms(self, x: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
         recon = self.reconstruction_nll(x, out["logits"]).mean()
         kl = self.kl_divergence(out["mu"], out["logvar"]).mean()
-        return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+        terms = {"loss": recon + self.beta * kl, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+        if self.iwae_samples > 1:
+            log_w = self.log_weights(x, self.iwae_samples, (out["mu"], out["logvar"]))
+            terms["iwae_bound"] = (torch.logsumexp(log_w, 0) - math.log(self.iwae_samples)).mean()
+            terms["loss"] = -terms["iwae_bound"]
+        return terms
+
+    def log_weights(self, x: Tensor, k: int, posterior: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k draws z_i ~ q(z | x): shape (k, batch)."""
+        mu, logvar = posterior if posterior is not None else self.posterior(x)
+        mu, std = mu.float(), (0.5 * logvar.float()).exp()
+        z = mu + std * torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+        log_q = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        logits = self.decoder(z.reshape(-1, z.shape[-1]))
+        xs = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+        log_px_z = -self.reconstruction_nll(xs, logits).reshape(k, -1)
+        return log_px_z + log_prior - log_q
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+        """Importance-sampled log p(x) per image, in nats, with the encoder as proposal:
+        log (1/k) sum_i p(x, z_i) / q(z_i | x), accumulated with logsumexp over chunks of draws
+        so memory stays bounded (chunk x batch decoder outputs at a time)."""
+        posterior = self.posterior(x)
+        total = None
+        for start in range(0, samples, chunk):
+            part = torch.logsumexp(self.log_weights(x, min(chunk, samples - start), posterior), 0)
+            total = part if total is None else torch.logaddexp(total, part)
+        return total - math.log(samples)
+
+    def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
+        loss = super()._common_step(batch, batch_idx, stage)
+        if stage == "test" and self.test_nll_samples:
+            x = batch[0]
+            nll = -self.log_likelihood(x, self.test_nll_samples).mean()
+            self.log("test/nll", nll, batch_size=x.shape[0], sync_dist=True)
+        return loss
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
