@@ -35,7 +35,17 @@ class AELightCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.filename": "best",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
+            }
+        )
+        # last.ckpt every epoch. Lightning 2.6's save_last writes it only when a top-k checkpoint is
+        # written in the same step, i.e. only when val/loss improves: useless for resuming.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(ReconstructionImages, "images")

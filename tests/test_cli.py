@@ -119,6 +119,14 @@ def test_resume_from_last_continues_in_the_same_run(cli_args, tmp_path):
     assert len(glob.glob(str(tmp_path / "logs" / "ae" / "version_*"))) == 1
 
 
+def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli_args, tmp_path):
+    # Monitoring the (growing) epoch number in min mode: only epoch 0 is ever "best".
+    run(cli_args("fit", "--config=configs/ae.yaml", "--checkpoint.monitor=epoch", epochs=3))
+    best, last = checkpoints(tmp_path, "ae")
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
 def test_validate_and_predict_from_a_checkpoint(cli_args, tmp_path, capsys):
     run(cli_args("fit", "--config=configs/ae.yaml"))
     run(cli_args("validate", "--config=configs/ae.yaml", "--ckpt_path=best"))
