@@ -93,20 +93,23 @@ def test_resume_at_epoch_boundary_gives_the_same_weights_as_an_uninterrupted_run
 SLOW_SAVE_DRIVER = textwrap.dedent(
     """
     # Runs the real CLI with torch.save slowed down from the third checkpoint write on (the two
-    # files of epoch 0 are written normally), so the test can kill the process mid-write.
-    import sys, time, torch
-    real_save, calls = torch.save, [0]
+    # files of epoch 0 are written normally). It touches argv[1] once it is inside such a write,
+    # so the test kills it mid-write for certain (polling for the temp file alone could also
+    # catch a fast, complete write).
+    import pathlib, sys, time, torch
+    real_save, calls, signal_file = torch.save, [0], pathlib.Path(sys.argv[1])
 
     def slow_save(obj, f, *args, **kwargs):
         calls[0] += 1
         real_save(obj, f, *args, **kwargs)
         if calls[0] > 2:
             f.flush()
+            signal_file.touch()
             time.sleep(30)
 
     torch.save = slow_save
     from aelight.cli import main
-    main(sys.argv[1:])
+    main(sys.argv[2:])
     """
 )
 
@@ -114,14 +117,18 @@ SLOW_SAVE_DRIVER = textwrap.dedent(
 def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file_and_resume_completes(cli_args, tmp_path):
     args = cli_args("fit", "--config=configs/ae.yaml", epochs=4)
     folder = tmp_path / "logs" / "ae" / "version_0" / "checkpoints"
+    in_write = tmp_path / "in_write"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SAVE_DRIVER, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", SLOW_SAVE_DRIVER, str(in_write), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 120
-        while not glob.glob(str(folder / ".*.tmp")) and time.time() < deadline and proc.poll() is None:
+        deadline = time.time() + 180
+        while not in_write.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert glob.glob(str(folder / ".*.tmp")), "no checkpoint write was caught in progress"
+        assert in_write.exists() and glob.glob(str(folder / ".*.tmp")), "no checkpoint write was caught in progress"
         os.kill(proc.pid, signal.SIGKILL)  # killed while epoch 1's checkpoint is being written
     finally:
         proc.wait()
