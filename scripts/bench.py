@@ -26,6 +26,7 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
+from aelight.data.device_batches import to_float_images  # noqa: E402
 
 
 # --- the seed's code, verbatim except that paths and device are parameters ------------------------
@@ -159,7 +160,7 @@ def main() -> None:
     )
     model, dm = cli.model, cli.datamodule
     dm.setup("fit")
-    test_images = (dm.split_tensors("test")[0].unsqueeze(1).float() / 255).to(device)
+    test_images = to_float_images(dm.split_tensors("test")[0].to(device))
     rows = []
 
     def report(row):

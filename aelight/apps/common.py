@@ -13,6 +13,7 @@ from torch import Tensor
 
 from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.data import MNISTDataModule
+from aelight.data.device_batches import to_float_images
 from aelight.errors import AelightError  # noqa: F401 - re-exported for the commands
 from aelight.models import AE
 
@@ -77,7 +78,7 @@ def data(data_dir: str, **kw) -> MNISTDataModule:
 def images_and_labels(dm: MNISTDataModule, split: str, device: str) -> tuple[Tensor, Tensor]:
     """A split as float images in [0, 1] (N, 1, 28, 28) and labels, on ``device``."""
     images, labels = dm.split_tensors(split)
-    return images.unsqueeze(1).to(device).float().div_(255), labels.to(device)
+    return to_float_images(images.to(device)), labels.to(device)
 
 
 def full_training_set(dm: MNISTDataModule, device: str) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 
+def to_float_images(images: Tensor) -> Tensor:
+    """uint8 images (N, H, W) to float in [0, 1] of shape (N, 1, H, W), on their own device."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
 class DeviceBatches:
     """Iterable of ``(images, labels)`` batches, images float in [0, 1] of shape (B, 1, H, W)."""
 
@@ -63,7 +68,7 @@ class DeviceBatches:
         if len(chunks) < self.num_batches:  # this rank's share is one sample short at a batch boundary
             chunks = share.tensor_split(self.num_batches)
         for idx in chunks:
-            x = self.images.index_select(0, idx).unsqueeze(1).float().div_(255.0)
+            x = to_float_images(self.images.index_select(0, idx))
             if self.binarize:  # dynamic binarisation: a fresh Bernoulli draw each time an image is used
                 x = torch.bernoulli(x)
             yield x, self.labels.index_select(0, idx)

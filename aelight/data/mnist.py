@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from aelight.data.device_batches import DeviceBatches
+from aelight.data.device_batches import DeviceBatches, to_float_images
 from aelight.data.idx import IDX_FILES, check_raw_folder
 from aelight.errors import DataError
 
@@ -154,7 +154,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def fixed_images(self, split: Split = "val", n: int = 16) -> torch.Tensor:
         """The first ``n`` images of a split, float in [0, 1], shape (n, 1, 28, 28): for image grids."""
-        return self.split_tensors(split)[0][:n].unsqueeze(1).float() / 255.0
+        return to_float_images(self.split_tensors(split)[0][:n])
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
