@@ -29,7 +29,7 @@ def checkpoints(tmp_path: Path, name: str) -> list[str]:
 
 def test_configs_folder_has_every_variant():
     assert {"ae.yaml", "denoising.yaml", "sparse_l1.yaml", "sparse_kl.yaml", "vae.yaml", "conv_ae.yaml"} <= set(CONFIGS)
-    assert {"apps/ae_2d.yaml", "apps/sparse_features.yaml", "anomaly/ae.yaml"} <= set(CONFIGS)
+    assert {"apps/ae_2d.yaml", "apps/umap_2d.yaml", "apps/wta_features.yaml", "anomaly/ae.yaml"} <= set(CONFIGS)
     assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
 
 

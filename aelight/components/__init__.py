@@ -5,7 +5,7 @@ Every encoder exposes ``out_features`` (the size of its flat output) and every d
 Decoders return logits; the model applies the output link (a sigmoid for pixels in [0, 1]).
 """
 
-from aelight.components.conv import ConvDecoder, ConvEncoder
+from aelight.components.conv import ConvDecoder, ConvEncoder, ConvMapDecoder, ConvMapEncoder
 from aelight.components.mlp import MLPDecoder, MLPEncoder
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ConvMapEncoder", "ConvMapDecoder"]

@@ -1,5 +1,6 @@
 """A small convolutional encoder/decoder for 28x28 single-channel images."""
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -69,3 +70,48 @@ class ConvDecoder(nn.Module):
     def set_output_bias(self, mean_image: Tensor) -> None:
         """Per-channel output bias at the logit of the mean pixel of each channel."""
         self.net[-1].bias.copy_(logit(mean_image.reshape(len(self.net[-1].bias), -1).mean(1)))
+
+
+class ConvMapEncoder(nn.Module):
+    """Stride-1 'same' convolutions: the code is a stack of full-resolution feature maps.
+
+    ``out_features`` is the number of maps (the code's features at each pixel), as the
+    convolutional winner-take-all autoencoder uses it.
+    """
+
+    def __init__(
+        self,
+        out_features: int = 128,
+        hidden_channels: Sequence[int] = (),
+        kernel_size: int = 5,
+        in_channels: int = 1,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.out_features = out_features
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip([in_channels, *hidden_channels], [*hidden_channels, out_features]):
+            layers += [nn.Conv2d(fan_in, fan_out, kernel_size, padding=kernel_size // 2), make_activation(activation)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvMapDecoder(nn.Module):
+    """One linear transposed convolution from ``in_features`` feature maps to the image's pixel
+    values (not logits; for :class:`aelight.models.WTAAE`): each active map unit paints one learned
+    ``kernel_size`` x ``kernel_size`` stroke."""
+
+    def __init__(self, in_features: int = 128, kernel_size: int = 11, out_channels: int = 1):
+        super().__init__()
+        self.in_features = in_features
+        self.net = nn.Sequential(nn.ConvTranspose2d(in_features, out_channels, kernel_size, padding=kernel_size // 2))
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return self.net(maps)
+
+    @torch.no_grad()
+    def set_output_bias(self, mean_image: Tensor) -> None:
+        """Per-channel output bias at the mean pixel value (the output is linear)."""
+        self.net[-1].bias.copy_(mean_image.reshape(len(self.net[-1].bias), -1).mean(1))

@@ -3,6 +3,8 @@
 from aelight.models.autoencoder import AE
 from aelight.models.denoising import DenoisingAE
 from aelight.models.sparse import SparseAE
+from aelight.models.umap import UMAPAE
 from aelight.models.vae import VAE
+from aelight.models.wta import WTAAE
 
-__all__ = ["AE", "DenoisingAE", "SparseAE", "VAE"]
+__all__ = ["AE", "DenoisingAE", "SparseAE", "UMAPAE", "VAE", "WTAAE"]

@@ -222,8 +222,7 @@ class AE(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         x, y = batch
-        z = self.encode(x)
-        return {"z": z, "recon": self.decode(z), "label": y}
+        return {"z": self.encode(x), "recon": self.reconstruct(x), "label": y}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

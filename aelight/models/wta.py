@@ -1,0 +1,85 @@
+"""Convolutional winner-take-all autoencoder (Makhzani & Frey, NIPS 2015).
+
+The encoder gives full-resolution feature maps; only each map's largest activation survives
+(spatial sparsity) and, in training, only in the ``lifetime_sparsity`` fraction of the batch
+where that winner is strongest (lifetime sparsity). A linear transposed convolution paints the
+image back from those few winners, so each map learns a stroke-like part; that decoder's output
+is the pixel value itself (no sigmoid), as in the paper. For downstream use
+``encode`` returns the dense maps max-pooled to a small grid: shift-tolerant part detectors that a
+linear classifier separates well.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aelight.components import ConvMapDecoder, ConvMapEncoder
+from aelight.errors import ConfigError
+from aelight.models.autoencoder import AE
+
+
+def spatial_winners(maps: Tensor) -> Tensor:
+    """Keep each map's largest value per image, zero the rest (ties keep one position)."""
+    flat = maps.flatten(2)
+    top = flat.argmax(2, keepdim=True)
+    return torch.zeros_like(flat).scatter(2, top, flat.gather(2, top)).view_as(maps)
+
+
+def strongest(maps: Tensor, k: int, dim: int) -> Tensor:
+    """Keep the ``k`` maps with the highest peaks along ``dim`` of the (batch x maps) peak table."""
+    peaks = maps.flatten(2).amax(2)
+    threshold = peaks.topk(k, dim=dim).values.narrow(dim, k - 1, 1)
+    return maps * (peaks >= threshold).to(maps.dtype)[:, :, None, None]
+
+
+def lifetime_winners(maps: Tensor, rate: float) -> Tensor:
+    """Keep a map only in the ``rate`` fraction of the batch (at least one image) where its peak is highest."""
+    return strongest(maps, max(1, int(rate * len(maps))), dim=0)
+
+
+class WTAAE(AE):
+    """``lifetime_sparsity``: fraction of the batch in which each map may win (1 turns it off).
+    ``pool_size`` / ``pool_stride``: the max-pooling of the maps that ``encode`` returns."""
+
+    def __init__(
+        self,
+        encoder: Optional[nn.Module] = None,
+        decoder: Optional[nn.Module] = None,
+        lifetime_sparsity: float = 0.05,
+        pool_size: int = 6,
+        pool_stride: int = 4,
+        **kwargs,
+    ):
+        encoder = encoder if encoder is not None else ConvMapEncoder()
+        decoder = decoder if decoder is not None else ConvMapDecoder(in_features=encoder.out_features)
+        super().__init__(encoder=encoder, decoder=decoder, **kwargs)
+        if not 0 < lifetime_sparsity <= 1:
+            raise ConfigError(f"WTAAE: lifetime_sparsity must be in (0, 1], got {lifetime_sparsity}")
+        self.lifetime_sparsity, self.pool_size, self.pool_stride = lifetime_sparsity, pool_size, pool_stride
+
+    def sparse_maps(self, x: Tensor) -> Tensor:
+        """Training: spatial and lifetime winners. Otherwise each image keeps its strongest
+        ``lifetime_sparsity`` share of maps, as many as training showed the decoder on average,
+        so that evaluation does not depend on the batch and val/loss tracks training."""
+        winners = spatial_winners(self.encoder(x))
+        if self.lifetime_sparsity == 1:
+            return winners
+        if self.training:
+            return lifetime_winners(winners, self.lifetime_sparsity)
+        return strongest(winners, max(1, round(self.lifetime_sparsity * winners.shape[1])), dim=1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        winners = self.sparse_maps(x)
+        pixels = self.decoder(winners)  # linear: strokes add up, and MSE trains them directly
+        return {"z": winners, "logits": pixels, "recon": pixels}
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z).clamp(0, 1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(self.encoder(x), self.pool_size, self.pool_stride).flatten(1)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode(self.sparse_maps(x))
