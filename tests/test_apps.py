@@ -58,6 +58,12 @@ def test_reduce_and_features_commands(trained, tiny_data):
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/sprite.png"))  # projector
     represent.main_features(["--ckpt", trained["ae"], *tiny(tiny_data), "--max-iter=200"])
     assert 0.1 < read_report(trained["ae"], "features")["logistic_regression_test_accuracy"] <= 1
+    assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/features/confusion.png"))
+
+
+def test_confusion_counts_put_true_labels_in_rows():
+    counts = represent.confusion_counts(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), classes=3)
+    assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
 def test_anomaly_command(tiny_data, tmp_path):

@@ -40,13 +40,14 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5)
     return float(KNeighborsClassifier(n_neighbors=k).fit(train_codes, train_labels).score(test_codes, test_labels))
 
 
-def logistic_accuracy(train_codes, train_labels, test_codes, test_labels, max_iter: int = 1000) -> float:
+def logistic_predictions(train_codes, train_labels, test_codes, max_iter: int = 1000) -> np.ndarray:
+    """Test-set labels predicted by a multinomial logistic regression (lbfgs) on standardised codes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))  # multinomial (lbfgs)
-    return float(clf.fit(train_codes, train_labels).score(test_codes, test_labels))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    return clf.fit(train_codes, train_labels).predict(test_codes)
 
 
 def run_reduce(args) -> dict:
@@ -95,7 +96,8 @@ def projector(folder, test_codes, labels, images) -> None:
 def run_features(args) -> dict:
     model, train_c, train_y, test_c, test_y, _ = codes(args)
     start = time.perf_counter()
-    accuracy = logistic_accuracy(train_c, train_y, test_c, test_y, args.max_iter)
+    predicted = logistic_predictions(train_c, train_y, test_c, args.max_iter)
+    accuracy = float((predicted == test_y).mean())
     report = {
         "checkpoint": args.ckpt,
         "model": type(model).__name__,
@@ -106,8 +108,36 @@ def run_features(args) -> dict:
         "target_met": accuracy >= 0.987,
         "device": common.device_name(args.device),
     }
-    common.write_report(common.report_dir(args.ckpt, "features", args.out), report, {})
+    figures = {"confusion": confusion(test_y, predicted, accuracy)}
+    common.write_report(common.report_dir(args.ckpt, "features", args.out), report, figures)
     return report
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+    """``counts[true, predicted]``."""
+    return np.bincount(labels.astype(int) * classes + predicted.astype(int), minlength=classes**2).reshape(
+        classes, classes
+    )
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):
+    """The test confusion matrix, errors only (the diagonal is blanked so that the few errors show)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion_counts(labels, predicted)
+    errors = counts.astype(float)
+    np.fill_diagonal(errors, np.nan)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(errors, cmap="Reds")
+    for (i, j), n in np.ndenumerate(counts):
+        if i != j and n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7)
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit")
+    ax.set_title(f"test errors of the linear classifier ({accuracy:.2%} correct)")
+    return fig
 
 
 def main_reduce(argv=None) -> None:
