@@ -115,9 +115,9 @@ def run_features(args) -> dict:
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
     """``counts[true, predicted]``."""
-    return np.bincount(labels.astype(int) * classes + predicted.astype(int), minlength=classes**2).reshape(
-        classes, classes
-    )
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, predicted, labels=range(classes))
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):

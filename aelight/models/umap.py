@@ -63,8 +63,10 @@ class UMAPAE(AE):
         heads, tails, weights = self.edges
         count = self.edges_per_step or batch_size
         drawn = torch.multinomial(weights, count, replacement=True, generator=generator)
-        z_head = self.encoder(to_float_images(self.graph_images[heads[drawn]]))
-        z_tail = self.encoder(to_float_images(self.graph_images[tails[drawn]]))
+        # one encoder pass for both ends of the drawn edges
+        z_head, z_tail = self.encoder(
+            to_float_images(self.graph_images[torch.cat([heads[drawn], tails[drawn]])])
+        ).chunk(2)
         # negatives: other tails of the same draw, paired with each head
         others = torch.randint(0, count, (self.negative_samples * count,), device=drawn.device, generator=generator)
         z_negative = z_tail[others]
