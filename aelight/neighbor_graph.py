@@ -10,12 +10,17 @@ import math
 import torch
 from torch import Tensor
 
+from aelight.errors import ConfigError
+
 
 def nearest_neighbors(x: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
     """Distances and indices of each row's ``k`` nearest other rows (Euclidean), each ``N x k``."""
     x = x.flatten(1).float()
     if not 0 < k < len(x):
-        raise ValueError(f"n_neighbors must be between 1 and {len(x) - 1} for {len(x)} points, got {k}")
+        raise ConfigError(
+            f"n_neighbors must be between 1 and {len(x) - 1} for {len(x)} training images, got {k}; "
+            "set model.init_args.n_neighbors lower"
+        )
     squared = x.pow(2).sum(1)
     dists, indices = [], []
     for start in range(0, len(x), chunk):

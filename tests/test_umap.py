@@ -8,6 +8,7 @@ import torch
 
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.data import MNISTDataModule
+from aelight.errors import ConfigError
 from aelight.models import UMAPAE
 from aelight.neighbor_graph import curve_parameters, fuzzy_graph, membership_strengths, nearest_neighbors
 
@@ -19,6 +20,11 @@ def test_nearest_neighbors_match_brute_force():
     expected = full.topk(5, dim=1, largest=False)
     assert torch.equal(indices, expected.indices)
     torch.testing.assert_close(dists, expected.values, atol=1e-4, rtol=1e-4)
+
+
+def test_too_many_neighbours_is_a_config_error():
+    with pytest.raises(ConfigError, match="n_neighbors must be between 1 and 9 for 10 training images"):
+        nearest_neighbors(torch.randn(10, 3), k=10)
 
 
 def test_memberships_sum_to_log2_k_with_one_at_the_nearest():
