@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--config", default="configs/ae.yaml", help="aelight's experiment config (the seed's model)")
     parser.add_argument("--steps-per-batch", type=int, default=None, help="override the config's steps_per_batch")
+    parser.add_argument("--compile-step", action="store_true", help="torch.compile aelight's training step")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
@@ -148,6 +149,7 @@ def main() -> None:
     )
     device = trainer.strategy.root_device
     overrides = [f"--model.init_args.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
+    overrides += ["--model.init_args.compile_step=true"] if args.compile_step else []
     cli = build_cli(
         [
             f"--config={args.config}",
@@ -188,6 +190,7 @@ def main() -> None:
         "precision": args.precision,
         "config": args.config,
         "steps_per_batch": model.steps_per_batch,
+        "compile_step": model.compile_step,
         "epochs": rows,
         "median_speedup_epoch_time": median("speedup_epoch_time"),
         "median_speedup_samples_per_s": median("speedup_samples_per_s"),

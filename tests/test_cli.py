@@ -198,3 +198,25 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(cli_args, tmp
     err = capsys.readouterr().err
     assert re.search(r"non-finite loss at step \d+ \(terms not finite: loss", err), err
     assert open(last, "rb").read() == before
+
+
+def test_init_weights_starts_a_new_run_from_a_checkpoints_weights(cli_args, tmp_path, capsys):
+    run(cli_args("fit", "--config=configs/ae.yaml", "--trainer.logger.init_args.name=first"))
+    (source,) = [c for c in checkpoints(tmp_path, "first") if c.endswith("last.ckpt")]
+    trained = torch.load(source, weights_only=True)["state_dict"]
+    frozen = "--model.init_args.optimizer.init_args.lr=0"  # the new run keeps whatever weights it starts from
+    run(cli_args("fit", "--config=configs/ae.yaml", frozen, f"--model.init_args.init_weights={source}"))
+    (last,) = [c for c in checkpoints(tmp_path, "ae") if c.endswith("last.ckpt")]
+    ckpt = torch.load(last, weights_only=True)
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in trained.items())
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2 * 8  # a fresh count, unlike a resume
+    run(cli_args("fit", "--config=configs/ae.yaml", frozen, "--trainer.logger.init_args.name=scratch"))
+    (scratch,) = [c for c in checkpoints(tmp_path, "scratch") if c.endswith("last.ckpt")]
+    assert not torch.equal(torch.load(scratch, weights_only=True)["state_dict"]["encoder.net.0.weight"],
+                           trained["encoder.net.0.weight"])  # fmt: skip
+
+    with pytest.raises(SystemExit) as exit_:  # an AE's weights do not fit a VAE
+        run(cli_args("fit", "--config=configs/vae.yaml", f"--model.init_args.init_weights={source}"))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"init_weights {source}: its weights do not fit this VAE" in err and "Traceback" not in err

@@ -11,6 +11,7 @@ reconstruction metrics, the optimizer and scheduler, and the ``encode`` / ``deco
 """
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Optional
 
 import lightning as L
@@ -49,6 +50,20 @@ def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+@dataclass
+class TrainTerms:
+    """The training loss terms of the epoch so far, kept on the device.
+
+    A plain object rather than module attributes: ``nn.Module.__setattr__`` costs microseconds and
+    would run several times in every step.
+    """
+
+    names: list[str] = field(default_factory=list)
+    last: Optional[Tensor] = None  # the last step's terms, stacked: read by FiniteLossGuard
+    sums: Optional[Tensor] = None  # sums over the epoch, each weighted by its batch size
+    count: int = 0
+
+
 class AE(L.LightningModule):
     """Autoencoder ``x' = g(f(x))`` trained with the mean squared error.
 
@@ -64,7 +79,8 @@ class AE(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         init_output_bias: bool = True,
         steps_per_batch: int = 1,
-        compile_networks: bool = False,
+        compile_step: bool = False,
+        init_weights: Optional[str] = None,
     ):
         super().__init__()
         # From the CLI, hparams hold the config of networks and optimizer (class paths and arguments).
@@ -87,13 +103,16 @@ class AE(L.LightningModule):
         # (about 1 ms on a CPU, more than the step of a small model): the data module then
         # serves steps_per_batch x batch_size samples and training_step steps through them.
         self.automatic_optimization = steps_per_batch == 1
-        self.compile_networks = compile_networks
+        # torch.compile of the training step's forward and loss: one generated kernel for the chain
+        # of elementwise ops and a matching backward, instead of a dispatch per op.
+        self.compile_step = compile_step
+        self._compiled_training_terms = None
+        # Staged training (e.g. fine-tuning on another objective): start from a checkpoint's weights
+        # with a fresh optimizer, scheduler and epoch count. ``--ckpt_path`` cannot do this, as a
+        # resume takes the model's config from the checkpoint.
+        self.init_weights = init_weights
         self.metrics = nn.ModuleDict({s: reconstruction_metrics(f"{s}/") for s in EVAL_STAGES})
-        # The last training step's loss terms, stacked (names in loss_term_names): read by FiniteLossGuard.
-        self.loss_term_names: list[str] = []
-        self.last_loss_values: Optional[Tensor] = None
-        self._train_sums: Optional[Tensor] = None  # running sums of the terms over the epoch
-        self._train_count = 0
+        self.train_terms = TrainTerms()
 
     # --- what the variants override -------------------------------------------------------
     @property
@@ -137,10 +156,8 @@ class AE(L.LightningModule):
     # --- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         skip_repeated_gpu_probe()
-        if self.compile_networks and stage == "fit":
-            # In place (nn.Module.compile), so parameter names and checkpoints stay as they are.
-            self.encoder.compile()
-            self.decoder.compile()
+        if self.compile_step and stage == "fit" and self._compiled_training_terms is None:
+            self._compiled_training_terms = torch.compile(self.training_terms)
         # Start the decoder at the mean training image (output bias = its logit), so the first
         # steps learn digits rather than the background: one epoch of the seed's model then
         # reaches a test MSE of about 0.021 instead of 0.035. Runs before a checkpoint is
@@ -149,16 +166,37 @@ class AE(L.LightningModule):
         set_bias = getattr(self.decoder, "set_output_bias", None)
         if stage == "fit" and self.init_output_bias and set_bias and hasattr(datamodule, "mean_image"):
             set_bias(datamodule.mean_image("train"))
+        if stage == "fit" and self.init_weights:  # before a resume's restore, which then overrides it
+            self.load_init_weights(self.init_weights)
+
+    def load_init_weights(self, path: str) -> None:
+        """Copies the weights of the checkpoint at ``path`` (loaded weights-only) into this model."""
+        from aelight.checkpoint_io import SafeCheckpointIO  # imports Lightning's IO plugins: only when used
+
+        state = SafeCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)["state_dict"]
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:  # missing or unexpected keys, or shapes that differ
+            detail = " ".join(str(err).split("\n\t")[1:2])[:300]
+            raise ConfigError(
+                f"init_weights {path}: its weights do not fit this {type(self).__name__} ({detail}); "
+                "give a checkpoint of the same encoder and decoder"
+            ) from None
+
+    def training_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Loss terms of one training step on the batch ``x``: the model sees ``corrupt(x)``."""
+        return self.loss_terms(x, self(self.corrupt(x)))
 
     def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        out = self(self.corrupt(x) if stage == "train" else x)
-        terms = self.loss_terms(x, out)
         if stage == "train":
+            terms = (self._compiled_training_terms or self.training_terms)(x)
             self.log_train_terms(terms, x.shape[0])
-        else:
-            self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=x.shape[0], sync_dist=True)
-            self.update_metrics(self.metrics[stage], out["recon"], x)
+            return terms["loss"]
+        out = self(x)
+        terms = self.loss_terms(x, out)
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=x.shape[0], sync_dist=True)
+        self.update_metrics(self.metrics[stage], out["recon"], x)
         return terms["loss"]
 
     def log_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
@@ -168,22 +206,31 @@ class AE(L.LightningModule):
         model, so running sums stay on the device and ``self.log`` runs only when its value is
         written. Nothing here calls ``.item()``: no host-device sync per step.
         """
-        self.loss_term_names = list(terms)
-        values = torch.stack([v.detach().float() for v in terms.values()])
-        self.last_loss_values = values
-        if self._train_sums is None or len(self._train_sums) != len(values):
-            self._train_sums = torch.zeros_like(values)
-        self._train_sums.add_(values, alpha=batch_size)
-        self._train_count += batch_size
+        t = self.train_terms
+        t.names = list(terms)
+        t.last = values = torch.stack([v.detach() for v in terms.values()]).float()
+        if t.sums is None or len(t.sums) != len(values):
+            t.sums = torch.zeros_like(values)
+        t.sums.add_(values, alpha=batch_size)
+        t.count += batch_size
         connector = getattr(self._trainer, "_logger_connector", None)  # None outside a Trainer
         if connector is None or connector.should_update_logs:
-            self.log_dict({f"train/{k}": v for k, v in zip(self.loss_term_names, values)}, on_step=True, on_epoch=False)
+            self.log_dict({f"train/{k}": v for k, v in zip(t.names, values)}, on_step=True, on_epoch=False)
 
     def log_train_epoch_means(self) -> None:
-        if self._train_count:
-            means = self._train_sums / self._train_count
-            self.log_dict({f"train/{k}_epoch": v for k, v in zip(self.loss_term_names, means)}, sync_dist=True)
-        self._train_sums, self._train_count = None, 0
+        t = self.train_terms
+        if t.count:
+            self.log_dict({f"train/{k}_epoch": v for k, v in zip(t.names, t.sums / t.count)}, sync_dist=True)
+        self.train_terms = TrainTerms(names=t.names, last=t.last)
+
+    # FiniteLossGuard reads these two.
+    @property
+    def loss_term_names(self) -> list[str]:
+        return self.train_terms.names
+
+    @property
+    def last_loss_values(self) -> Optional[Tensor]:
+        return self.train_terms.last
 
     def update_metrics(self, metrics: MetricCollection, recon: Tensor, x: Tensor) -> None:
         shape = (-1, *x.shape[1:]) if x.dim() == 4 else (-1, 1, 28, 28)
