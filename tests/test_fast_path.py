@@ -100,3 +100,28 @@ def test_compiled_step_matches_the_eager_step_and_keeps_checkpoint_names(tiny_da
     eager_mse, _ = fit_and_test(tiny_data, AE(), epochs=1)
     assert steps == 16 and abs(mse - eager_mse) / eager_mse < 0.002, (mse, eager_mse)  # same start, same math
     assert set(compiled.state_dict()) == names  # checkpoints load into plain models
+
+
+class BackwardCounter(L.Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls += 1
+
+
+def test_backward_skips_lightning_hooks_only_where_none_listens_with_the_same_result(tiny_data):
+    weights, plain = {}, {}
+    counter = BackwardCounter()
+    for name, callbacks in (("direct", []), ("hooked", [counter])):
+        torch.manual_seed(0)
+        model = AE(steps_per_batch=4)
+        L.seed_everything(0)
+        dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+        trainer.fit(model, datamodule=dm)
+        weights[name], plain[name] = model.state_dict(), model.plain_backward
+    assert plain == {"direct": True, "hooked": False}
+    assert counter.calls == trainer.global_step == 16  # every step's backward reached the callback
+    assert all(torch.equal(weights["direct"][k], v) for k, v in weights["hooked"].items())
