@@ -220,3 +220,18 @@ def test_init_weights_starts_a_new_run_from_a_checkpoints_weights(cli_args, tmp_
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert f"init_weights {source}: its weights do not fit this VAE" in err and "Traceback" not in err
+
+
+def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, tmp_path):
+    from aelight.apps.common import load_model
+
+    run(cli_args("fit", "--config=configs/ae.yaml"))
+    (last,) = [c for c in checkpoints(tmp_path, "ae") if c.endswith("last.ckpt")]
+    ckpt = torch.load(last, weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    for name in ("compile_step", "init_weights", "compile_networks"):  # as written before those existed
+        hparams.pop(name, None)
+    hparams["compile_networks"] = True
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    model = load_model(str(tmp_path / "old.ckpt"), "cpu")
+    assert model.compile_step and torch.equal(model.encoder.net[0].weight, ckpt["state_dict"]["encoder.net.0.weight"])

@@ -84,6 +84,7 @@ class AE(L.LightningModule):
         steps_per_batch: int = 1,
         compile_step: bool = False,
         init_weights: Optional[str] = None,
+        compile_networks: bool = False,
     ):
         super().__init__()
         # From the CLI, hparams hold the config of networks and optimizer (class paths and arguments).
@@ -108,7 +109,8 @@ class AE(L.LightningModule):
         self.automatic_optimization = steps_per_batch == 1
         # torch.compile of the training step's forward and loss: one generated kernel for the chain
         # of elementwise ops and a matching backward, instead of a dispatch per op.
-        self.compile_step = compile_step
+        # compile_networks: the option's earlier name, kept so that checkpoints written with it load.
+        self.compile_step = compile_step or compile_networks
         self._compiled_training_terms = None
         # Staged training (e.g. fine-tuning on another objective): start from a checkpoint's weights
         # with a fresh optimizer, scheduler and epoch count. ``--ckpt_path`` cannot do this, as a
