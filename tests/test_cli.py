@@ -224,9 +224,10 @@ def test_init_weights_starts_a_new_run_from_a_checkpoints_weights(cli_args, tmp_
 
 def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, tmp_path):
     from aelight.apps.common import load_model
+    from aelight.errors import AelightError
 
-    run(cli_args("fit", "--config=configs/ae.yaml"))
-    (last,) = [c for c in checkpoints(tmp_path, "ae") if c.endswith("last.ckpt")]
+    run(cli_args("fit", "--config=configs/vae.yaml"))  # the VAE passes its extra arguments on to AE
+    (last,) = [c for c in checkpoints(tmp_path, "vae") if c.endswith("last.ckpt")]
     ckpt = torch.load(last, weights_only=True)
     hparams = ckpt["hyper_parameters"]
     for name in ("compile_step", "init_weights", "compile_networks"):  # as written before those existed
@@ -235,3 +236,8 @@ def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, t
     torch.save(ckpt, tmp_path / "old.ckpt")
     model = load_model(str(tmp_path / "old.ckpt"), "cpu")
     assert model.compile_step and torch.equal(model.encoder.net[0].weight, ckpt["state_dict"]["encoder.net.0.weight"])
+
+    hparams["an_option_from_elsewhere"] = 1  # a checkpoint that does not fit: one message, no traceback
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(AelightError, match="does not fit this version of aelight's VAE .*an_option_from_elsewhere"):
+        load_model(str(tmp_path / "other.ckpt"), "cpu")

@@ -50,7 +50,15 @@ def load_model(ckpt: str, device: str) -> AE:
     """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file)."""
     checkpoint = SafeCheckpointIO().load_checkpoint(ckpt, map_location="cpu", weights_only=True)  # clear errors first
     model_class = model_class_of(checkpoint, ckpt)
-    model = model_class.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    try:
+        model = model_class.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    except (TypeError, ValueError) as err:  # its arguments do not fit this version's model class
+        lines = str(err).splitlines()
+        reason = next((line.strip(" -") for line in lines if "argument" in line), lines[0] if lines else "")
+        raise AelightError(
+            f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
+            "load it with the aelight version that wrote it"
+        ) from None
     return model.eval().to(device)
 
 
