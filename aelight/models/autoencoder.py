@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 from aelight.runtime import skip_repeated_gpu_probe
@@ -177,8 +178,6 @@ class AE(L.LightningModule):
 
     def load_init_weights(self, path: str) -> None:
         """Copies the weights of the checkpoint at ``path`` (loaded weights-only) into this model."""
-        from aelight.checkpoint_io import SafeCheckpointIO  # imports Lightning's IO plugins: only when used
-
         state = SafeCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)["state_dict"]
         try:
             self.load_state_dict(state)
