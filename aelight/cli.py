@@ -87,6 +87,23 @@ class AELightCLI(LightningCLI):
             save_dir = logger.init_args.save_dir if tensorboard else cfg.trainer.default_root_dir or "."
             _check_writable(save_dir)
 
+    def before_fit(self) -> None:
+        # With several optimizer steps per batch (steps_per_batch > 1) the model steps its optimizer
+        # itself, and Lightning refuses its trainer-level clipping and accumulation for such models.
+        model, trainer = self.model, self.trainer
+        if model.automatic_optimization:
+            return
+        if trainer.accumulate_grad_batches != 1:
+            raise AelightError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} needs "
+                f"model.init_args.steps_per_batch: 1 (it is {model.steps_per_batch}); set "
+                "--model.init_args.steps_per_batch 1, or raise data.batch_size instead of accumulating"
+            )
+        if trainer.gradient_clip_val:  # the model clips before each of its steps, as Lightning would
+            algorithm = trainer.gradient_clip_algorithm
+            model.gradient_clipping = (trainer.gradient_clip_val, algorithm.value if algorithm else None)
+            trainer.gradient_clip_val = None
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:

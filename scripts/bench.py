@@ -150,6 +150,7 @@ def main() -> None:
     device = trainer.strategy.root_device
     overrides = [f"--model.init_args.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
     overrides += ["--model.init_args.compile_step=true"] if args.compile_step else []
+    sys.argv = sys.argv[:1]  # the CLI reads only the arguments below (it warns when both are given)
     cli = build_cli(
         [
             f"--config={args.config}",

@@ -104,18 +104,23 @@ def test_compiled_step_matches_the_eager_step_and_keeps_checkpoint_names(tiny_da
     assert set(compiled.state_dict()) == names  # checkpoints load into plain models
 
 
-class BackwardCounter(L.Callback):
+class StepHooks(L.Callback):
+    """Listens to the hooks around a step: the model must then go through Lightning's step path."""
+
     def __init__(self):
-        self.calls = 0
+        self.backward_calls = self.optimizer_step_calls = 0
 
     def on_after_backward(self, trainer, pl_module):
-        self.calls += 1
+        self.backward_calls += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.optimizer_step_calls += 1
 
 
-def test_backward_skips_lightning_hooks_only_where_none_listens_with_the_same_result(tiny_data):
-    weights, plain = {}, {}
-    counter = BackwardCounter()
-    for name, callbacks in (("direct", []), ("hooked", [counter])):
+def test_direct_steps_only_where_no_hook_listens_with_the_same_result_and_step_count(tiny_data):
+    weights, direct, steps = {}, {}, {}
+    hooks = StepHooks()
+    for name, callbacks in (("direct", []), ("hooked", [hooks])):
         torch.manual_seed(0)
         model = AE(steps_per_batch=4)
         L.seed_everything(0)
@@ -123,7 +128,26 @@ def test_backward_skips_lightning_hooks_only_where_none_listens_with_the_same_re
         trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
         trainer.fit(model, datamodule=dm)
-        weights[name], plain[name] = model.state_dict(), model.plain_backward
-    assert plain == {"direct": True, "hooked": False}
-    assert counter.calls == trainer.global_step == 16  # every step's backward reached the callback
+        weights[name], direct[name], steps[name] = model.state_dict(), model.direct_steps, trainer.global_step
+    assert direct == {"direct": True, "hooked": False}
+    assert steps == {"direct": 16, "hooked": 16}  # direct steps are counted like Lightning's
+    assert hooks.backward_calls == hooks.optimizer_step_calls == 16  # every step reached the hooks
     assert all(torch.equal(weights["direct"][k], v) for k, v in weights["hooked"].items())
+
+
+def test_training_loss_logged_per_epoch_is_the_mean_over_every_step(tiny_data):
+    class Recorder(AE):
+        def training_terms(self, x):
+            terms = super().training_terms(x)
+            self.seen.append((terms["loss"].item(), len(x)))
+            return terms
+
+    model = Recorder(steps_per_batch=4)
+    model.seen = []
+    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=99, batch_size=32)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen) == 16 and sorted({n for _, n in model.seen}) == [29, 30, 32]  # last batch: 117 in 4
+    mean = sum(loss * n for loss, n in model.seen) / sum(n for _, n in model.seen)
+    assert abs(trainer.callback_metrics["train/loss_epoch"].item() - mean) < 1e-6

@@ -8,11 +8,16 @@ import sys
 import textwrap
 import time
 
+import lightning as L
 import pytest
 import torch
 
+from aelight.callbacks import FiniteLossGuard
 from aelight.checkpoint_io import CheckpointError, SafeCheckpointIO
 from aelight.cli import main
+from aelight.data import MNISTDataModule
+from aelight.errors import NonFiniteLossError
+from aelight.models import AE
 from tests.conftest import REPO
 
 
@@ -149,3 +154,32 @@ def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file_and_resume_co
     )
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+class SpikeAt(AE):
+    """An AE whose extra term ``spike`` is infinite at one training step only (1-based)."""
+
+    def __init__(self, bad_step: int, **kw):
+        super().__init__(**kw)
+        self.bad_step, self.calls = bad_step, 0
+
+    def loss_terms(self, x, out):
+        terms = super().loss_terms(x, out)
+        if self.training:
+            self.calls += 1
+            terms["spike"] = torch.tensor(float("inf") if self.calls == self.bad_step else 0.0)
+        return terms
+
+
+@pytest.mark.parametrize("check_every_n_steps", [1, 6])
+def test_nan_guard_sees_every_step_of_a_batch_not_only_its_last(tiny_data, check_every_n_steps):
+    # Steps 1-4 form the first batch, 5-8 the second: step 6 is neither a batch's last step
+    # nor a multiple of the batch's 4 steps, so a guard that watched only those would miss it.
+    model = SpikeAt(bad_step=6, steps_per_batch=4)
+    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32)
+    guard = FiniteLossGuard(check_every_n_steps=check_every_n_steps)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[guard])  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 6 \(terms not finite: spike\)"):
+        trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 8  # stopped at the end of the batch holding the bad step

@@ -7,7 +7,7 @@ from aelight.errors import NonFiniteLossError
 
 
 class FiniteLossGuard(L.Callback):
-    """Watches the loss terms of every training step.
+    """Watches the loss terms of every training step (every optimizer step of a batch).
 
     The check is kept on the device (no host sync per step); the host reads it every
     ``check_every_n_steps`` steps and always before a checkpoint is written, so a checkpoint
@@ -19,23 +19,28 @@ class FiniteLossGuard(L.Callback):
         self.check_every_n_steps = max(1, check_every_n_steps)
         self._first_bad_step = None  # device tensor, -1 while every loss has been finite
         self._bad_terms = None
+        self._checked_at = 0  # global step of the last host read
         self._names: list[str] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        values = getattr(pl_module, "last_loss_values", None)
+        values = getattr(pl_module, "last_loss_values", None)  # (steps of this batch, terms)
         names = getattr(pl_module, "loss_term_names", None)
         if values is None:  # a model outside aelight: watch the loss it returns
-            values, names = outputs["loss"].detach().reshape(1), ["loss"]
+            values, names = outputs["loss"].detach().reshape(1, 1), ["loss"]
+        values = values.reshape(-1, len(names))
         finite = torch.isfinite(values)
-        step = trainer.global_step
+        step = trainer.global_step  # optimizer steps done, the last of them this batch's last row
         if self._first_bad_step is None or names != self._names:
             self._names = list(names)
             self._first_bad_step = torch.full((), -1, dtype=torch.long, device=finite.device)
-            self._bad_terms = torch.zeros_like(finite)
-        newly_bad = (~finite).any() & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(newly_bad, step, self._first_bad_step)
-        self._bad_terms = torch.where(newly_bad, ~finite, self._bad_terms)
-        if step % self.check_every_n_steps == 0:
+            self._bad_terms = torch.zeros_like(finite[0])
+        bad_rows = ~finite.all(1)
+        first_bad_row = bad_rows.int().argmax()  # 0 where none is bad; then newly_bad is False
+        newly_bad = bad_rows.any() & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(newly_bad, first_bad_row + (step - len(values) + 1), self._first_bad_step)
+        self._bad_terms = torch.where(newly_bad, ~finite[first_bad_row], self._bad_terms)
+        if step - self._checked_at >= self.check_every_n_steps:  # a batch may take several steps
+            self._checked_at = step
             self.check()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:

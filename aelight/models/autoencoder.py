@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
@@ -33,16 +34,25 @@ from aelight.runtime import skip_repeated_gpu_probe
 EVAL_STAGES = ("val", "test")
 
 
-def reconstruction_metrics(prefix: str) -> MetricCollection:
-    """MSE, per-image PSNR (dB, averaged over images) and SSIM, for images in [0, 1]."""
-    return MetricCollection(
-        {
-            "mse": MeanSquaredError(),
-            "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
-            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
-        },
-        prefix=prefix,
-    )
+def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
+    """MSE, per-image PSNR (dB, averaged over images) and SSIM, for images in [0, 1], of each stage.
+
+    ``val_in_fit`` leaves SSIM out: torchmetrics' 11x11 Gaussian filter takes about 0.1 s per
+    1,000 MNIST images on a 2-core CPU, so SSIM of the 5,000 validation images every epoch would
+    cost twice a training epoch of the seed's model there.
+    """
+
+    def collection(stage: str, ssim: bool = True) -> MetricCollection:
+        metrics = {"mse": MeanSquaredError(), "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))}
+        if ssim:
+            metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
+        return MetricCollection(metrics, prefix=f"{stage}/{prefix}")
+
+    return nn.ModuleDict({**{s: collection(s) for s in EVAL_STAGES}, "val_in_fit": collection("val", ssim=False)})
+
+
+def _stack_detached(terms: dict[str, Tensor]) -> Tensor:
+    return torch.stack([v.detach() for v in terms.values()]).float()
 
 
 def _is_plain(value) -> bool:
@@ -63,7 +73,7 @@ class TrainTerms:
     """
 
     names: list[str] = field(default_factory=list)
-    last: Optional[Tensor] = None  # the last step's terms, stacked: read by FiniteLossGuard
+    last: Optional[Tensor] = None  # the terms of the last batch's steps, (steps, terms): read by FiniteLossGuard
     sums: Optional[Tensor] = None  # sums over the epoch, each weighted by its batch size
     count: int = 0
 
@@ -85,6 +95,7 @@ class AE(L.LightningModule):
         steps_per_batch: int = 1,
         compile_step: bool = False,
         init_weights: Optional[str] = None,
+        ssim_in_fit: bool = False,
         compile_networks: bool = False,
     ):
         super().__init__()
@@ -117,9 +128,12 @@ class AE(L.LightningModule):
         # with a fresh optimizer, scheduler and epoch count. ``--ckpt_path`` cannot do this, as a
         # resume takes the model's config from the checkpoint.
         self.init_weights = init_weights
-        self.metrics = nn.ModuleDict({s: reconstruction_metrics(f"{s}/") for s in EVAL_STAGES})
+        # SSIM in fit's validation pass every epoch (``validate`` and ``test`` always report it).
+        self.ssim_in_fit = ssim_in_fit
+        self.metrics = reconstruction_metrics("")
         self.train_terms = TrainTerms()
-        self.plain_backward = False  # set at the start of training, see on_train_start
+        self.direct_steps = False  # set at the start of training, see on_train_start
+        self.gradient_clipping: Optional[tuple[float, Optional[str]]] = None  # (value, algorithm), see cli.py
 
     # --- what the variants override -------------------------------------------------------
     @property
@@ -195,32 +209,44 @@ class AE(L.LightningModule):
     def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if stage == "train":
-            terms = (self._compiled_training_terms or self.training_terms)(x)
-            self.log_train_terms(terms, x.shape[0])
+            terms = self._train_terms(x)
+            self.log_train_terms(list(terms), _stack_detached(terms)[None], [x.shape[0]])
             return terms["loss"]
         out = self(x)
         terms = self.loss_terms(x, out)
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=x.shape[0], sync_dist=True)
-        self.update_metrics(self.metrics[stage], out["recon"], x)
+        self.update_metrics(self.stage_metrics(self.metrics, stage), out["recon"], x)
         return terms["loss"]
 
-    def log_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
+    def stage_metrics(self, metrics: nn.ModuleDict, stage: str) -> MetricCollection:
+        """The metrics of ``stage`` from ``reconstruction_metrics``: without SSIM in fit's validation."""
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        return metrics["val_in_fit"] if stage == "val" and fitting and not self.ssim_in_fit else metrics[stage]
+
+    def _train_terms(self, x: Tensor) -> dict[str, Tensor]:
+        return (self._compiled_training_terms or self.training_terms)(x)
+
+    def log_train_terms(self, names: list[str], values: Tensor, batch_sizes: list[int]) -> None:
         """Logs ``train/<term>`` on the steps the logger writes and ``train/<term>_epoch`` (the mean).
 
+        ``values`` holds the terms of each optimizer step of this batch, shape (steps, terms).
         ``self.log`` costs about 0.5 ms a call in Lightning 2.6, more than a whole step of a small
         model, so running sums stay on the device and ``self.log`` runs only when its value is
         written. Nothing here calls ``.item()``: no host-device sync per step.
         """
         t = self.train_terms
-        t.names = list(terms)
-        t.last = values = torch.stack([v.detach() for v in terms.values()]).float()
-        if t.sums is None or len(t.sums) != len(values):
-            t.sums = torch.zeros_like(values)
-        t.sums.add_(values, alpha=batch_size)
-        t.count += batch_size
+        t.names, t.last = names, values
+        if t.sums is None or len(t.sums) != values.shape[1]:
+            t.sums = torch.zeros_like(values[0], dtype=torch.float32)
+        if len(set(batch_sizes)) == 1:  # the usual case: equal steps, one weighted sum
+            t.sums.add_(values.sum(0), alpha=batch_sizes[0])
+        else:
+            for row, size in zip(values, batch_sizes):
+                t.sums.add_(row, alpha=size)
+        t.count += sum(batch_sizes)
         connector = getattr(self._trainer, "_logger_connector", None)  # None outside a Trainer
         if connector is None or connector.should_update_logs:
-            self.log_dict({f"train/{k}": v for k, v in zip(t.names, values)}, on_step=True, on_epoch=False)
+            self.log_dict({f"train/{k}": v for k, v in zip(names, values[-1])}, on_step=True, on_epoch=False)
 
     def log_train_epoch_means(self) -> None:
         t = self.train_terms
@@ -243,33 +269,55 @@ class AE(L.LightningModule):
         self.log_dict(metrics, batch_size=x.shape[0])
 
     def on_train_start(self) -> None:
-        # ``manual_backward`` is ``loss.backward()`` plus hook calls (about 0.08 ms a step, a tenth of
-        # a step of the seed's model on a CPU). Where those calls do nothing (one device, no loss
-        # scaling, no callback or module hook listening) the inner steps call backward directly.
+        # Lightning's path for a manual step, ``manual_backward`` and ``LightningOptimizer.step``, is
+        # ``loss.backward()`` and ``optimizer.step()`` plus hook calls over every callback, profiler
+        # marks and step counting: about 0.1 ms a step, a fifth of a step of the seed's model on a
+        # CPU. Where those hooks do nothing (one device, no loss scaling, no profiler, no callback or
+        # module hook listening) the inner steps call the two directly and count the step themselves.
         trainer = self.trainer
         plugin = trainer.precision_plugin
         unscaled = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
-        hooks = ("on_before_backward", "on_after_backward")
+        hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
         listened = any(is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in hooks) or any(
             is_overridden(h, self, L.LightningModule) for h in (*hooks, "backward")
         )
-        self.plain_backward = type(trainer.strategy) is SingleDeviceStrategy and unscaled and not listened
+        self.direct_steps = (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and unscaled
+            and type(trainer.profiler) is PassThroughProfiler
+            and not listened
+        )
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
             return self._common_step(batch, batch_idx, "train")
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         optimizer = self.optimizers()
+        if self.direct_steps:
+            # The optimizer itself, with the step counting that LightningOptimizer.step would do
+            # (trainer.global_step), which the manual loop hooks into the wrapper for this batch.
+            raw, before, after = optimizer.optimizer, optimizer._on_before_step, optimizer._on_after_step
         # Always the same number of chunks (a short last batch gives smaller ones), so every DDP
         # rank takes the same number of steps.
-        for chunk in x.tensor_split(min(self.steps_per_batch, len(x))):
+        chunks = x.tensor_split(min(self.steps_per_batch, len(x)))
+        values = []
+        for chunk in chunks:
             optimizer.zero_grad(set_to_none=True)
-            loss = self._common_step((chunk,), batch_idx, "train")
-            if self.plain_backward:
-                loss.backward()
+            terms = self._train_terms(chunk)
+            if self.direct_steps:
+                terms["loss"].backward()
             else:
-                self.manual_backward(loss)
-            optimizer.step()
+                self.manual_backward(terms["loss"])
+            if self.gradient_clipping is not None:
+                self.clip_gradients(optimizer, *self.gradient_clipping)
+            if self.direct_steps:
+                before()
+                raw.step()
+                after()
+            else:
+                optimizer.step()
+            values.append(_stack_detached(terms))
+        self.log_train_terms(list(terms), torch.stack(values), [len(c) for c in chunks])
         return None
 
     def on_train_epoch_end(self) -> None:

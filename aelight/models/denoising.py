@@ -28,7 +28,7 @@ class DenoisingAE(AE):
     ):
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         self.noise, self.noise_level, self.eval_noise_seed = noise, noise_level, eval_noise_seed
-        self.denoise_metrics = nn.ModuleDict({s: reconstruction_metrics(f"{s}/denoise_") for s in EVAL_STAGES})
+        self.denoise_metrics = reconstruction_metrics("denoise_")
 
     def corrupt(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return corrupt(x, self.noise, self.noise_level, generator)
@@ -39,9 +39,10 @@ class DenoisingAE(AE):
 
     def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
         loss = super()._common_step(batch, batch_idx, stage)
-        if stage in self.denoise_metrics:
+        if stage in EVAL_STAGES:
             x = batch[0]
-            self.update_metrics(self.denoise_metrics[stage], self.reconstruct(self.corrupt_for_eval(x, batch_idx)), x)
+            denoised = self.reconstruct(self.corrupt_for_eval(x, batch_idx))
+            self.update_metrics(self.stage_metrics(self.denoise_metrics, stage), denoised, x)
         return loss
 
     def preview(self, x: Tensor) -> list[tuple[str, Tensor]]:
