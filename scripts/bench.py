@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/ae.yaml", help="aelight's experiment config (the seed's model)")
     parser.add_argument("--steps-per-batch", type=int, default=None, help="override the config's steps_per_batch")
     parser.add_argument("--compile-step", action="store_true", help="torch.compile aelight's training step")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay aelight's training step as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
@@ -150,6 +151,7 @@ def main() -> None:
     device = trainer.strategy.root_device
     overrides = [f"--model.init_args.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
     overrides += ["--model.init_args.compile_step=true"] if args.compile_step else []
+    overrides += ["--model.init_args.cuda_graph=true"] if args.cuda_graph else []
     sys.argv = sys.argv[:1]  # the CLI reads only the arguments below (it warns when both are given)
     cli = build_cli(
         [
@@ -192,6 +194,8 @@ def main() -> None:
         "config": args.config,
         "steps_per_batch": model.steps_per_batch,
         "compile_step": model.compile_step,
+        "cuda_graph": model._graphed_step is not None,
+        "cuda_graph_replays": model._graphed_step.replays if model._graphed_step is not None else 0,
         "epochs": rows,
         "median_speedup_epoch_time": median("speedup_epoch_time"),
         "median_speedup_samples_per_s": median("speedup_samples_per_s"),

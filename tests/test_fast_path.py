@@ -151,3 +151,12 @@ def test_training_loss_logged_per_epoch_is_the_mean_over_every_step(tiny_data):
     assert len(model.seen) == 16 and sorted({n for _, n in model.seen}) == [29, 30, 32]  # last batch: 117 in 4
     mean = sum(loss * n for loss, n in model.seen) / sum(n for _, n in model.seen)
     assert abs(trainer.callback_metrics["train/loss_epoch"].item() - mean) < 1e-6
+
+
+def test_cuda_graph_option_without_a_gpu_warns_and_trains_as_without_it(tiny_data):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="cuda_graph: true needs one CUDA device"):
+        graphed, steps = fit_and_test(tiny_data, AE(cuda_graph=True, steps_per_batch=4))
+    torch.manual_seed(0)
+    eager, _ = fit_and_test(tiny_data, AE(steps_per_batch=4))
+    assert steps == 3 * 4 * 4 and graphed == eager

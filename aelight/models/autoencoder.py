@@ -22,12 +22,14 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.components import MLPDecoder, MLPEncoder
+from aelight.cuda_graph import GraphedStep, stack_terms
 from aelight.errors import ConfigError
 from aelight.runtime import skip_repeated_gpu_probe
 
@@ -49,10 +51,6 @@ def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
         return MetricCollection(metrics, prefix=f"{stage}/{prefix}")
 
     return nn.ModuleDict({**{s: collection(s) for s in EVAL_STAGES}, "val_in_fit": collection("val", ssim=False)})
-
-
-def _stack_detached(terms: dict[str, Tensor]) -> Tensor:
-    return torch.stack([v.detach() for v in terms.values()]).float()
 
 
 def _is_plain(value) -> bool:
@@ -96,6 +94,7 @@ class AE(L.LightningModule):
         compile_step: bool = False,
         init_weights: Optional[str] = None,
         ssim_in_fit: bool = False,
+        cuda_graph: bool = False,
         compile_networks: bool = False,
     ):
         super().__init__()
@@ -118,7 +117,10 @@ class AE(L.LightningModule):
         # Several optimizer steps per Lightning batch amortise Lightning's per-batch overhead
         # (about 1 ms on a CPU, more than the step of a small model): the data module then
         # serves steps_per_batch x batch_size samples and training_step steps through them.
-        self.automatic_optimization = steps_per_batch == 1
+        self.automatic_optimization = steps_per_batch == 1 and not cuda_graph
+        # Each optimizer step replayed as one captured CUDA graph (see aelight/cuda_graph.py).
+        self.cuda_graph = cuda_graph
+        self._graphed_step: Optional[GraphedStep] = None
         # torch.compile of the training step's forward and loss: one generated kernel for the chain
         # of elementwise ops and a matching backward, instead of a dispatch per op.
         # compile_networks: the option's earlier name, kept so that checkpoints written with it load.
@@ -210,7 +212,7 @@ class AE(L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if stage == "train":
             terms = self._train_terms(x)
-            self.log_train_terms(list(terms), _stack_detached(terms)[None], [x.shape[0]])
+            self.log_train_terms(list(terms), stack_terms(terms)[None], [x.shape[0]])
             return terms["loss"]
         out = self(x)
         terms = self.loss_terms(x, out)
@@ -287,37 +289,55 @@ class AE(L.LightningModule):
             and type(trainer.profiler) is PassThroughProfiler
             and not listened
         )
+        self._graphed_step = None
+        if self.cuda_graph:
+            if self.device.type != "cuda" or not self.direct_steps or self.gradient_clipping is not None:
+                rank_zero_warn(
+                    "cuda_graph: true needs one CUDA device, no loss scaling (bf16-mixed or 32-true), no profiler, "
+                    "no gradient clipping and no callback or module hook on backward or the optimizer step; "
+                    "here the training steps run without it"
+                )
+            else:
+                raw = self.optimizers().optimizer
+                self._graphed_step = GraphedStep(
+                    lambda x: self._step_optimizer(raw, x, Tensor.backward), raw, on_failure=rank_zero_warn
+                )
+
+    def _step_optimizer(self, optimizer, x: Tensor, backward) -> dict[str, Tensor]:
+        """One optimizer step on ``x``; returns its loss terms."""
+        optimizer.zero_grad(set_to_none=True)
+        terms = self._train_terms(x)
+        backward(terms["loss"])
+        if self.gradient_clipping is not None:
+            self.clip_gradients(optimizer, *self.gradient_clipping)
+        optimizer.step()
+        return terms
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
             return self._common_step(batch, batch_idx, "train")
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         optimizer = self.optimizers()
-        if self.direct_steps:
-            # The optimizer itself, with the step counting that LightningOptimizer.step would do
-            # (trainer.global_step), which the manual loop hooks into the wrapper for this batch.
-            raw, before, after = optimizer.optimizer, optimizer._on_before_step, optimizer._on_after_step
         # Always the same number of chunks (a short last batch gives smaller ones), so every DDP
         # rank takes the same number of steps.
         chunks = x.tensor_split(min(self.steps_per_batch, len(x)))
-        values = []
+        rows = []
         for chunk in chunks:
-            optimizer.zero_grad(set_to_none=True)
-            terms = self._train_terms(chunk)
             if self.direct_steps:
-                terms["loss"].backward()
+                # The optimizer itself, with the step counting (trainer.global_step) that
+                # LightningOptimizer.step would do; the manual loop hooks it into the wrapper.
+                optimizer._on_before_step()
+                if self._graphed_step is not None:
+                    names, row = self._graphed_step(chunk)
+                else:
+                    terms = self._step_optimizer(optimizer.optimizer, chunk, Tensor.backward)
+                    names, row = list(terms), stack_terms(terms)
+                optimizer._on_after_step()
             else:
-                self.manual_backward(terms["loss"])
-            if self.gradient_clipping is not None:
-                self.clip_gradients(optimizer, *self.gradient_clipping)
-            if self.direct_steps:
-                before()
-                raw.step()
-                after()
-            else:
-                optimizer.step()
-            values.append(_stack_detached(terms))
-        self.log_train_terms(list(terms), torch.stack(values), [len(c) for c in chunks])
+                terms = self._step_optimizer(optimizer, chunk, self.manual_backward)
+                names, row = list(terms), stack_terms(terms)
+            rows.append(row)
+        self.log_train_terms(names, torch.stack(rows), [len(c) for c in chunks])
         return None
 
     def on_train_epoch_end(self) -> None:

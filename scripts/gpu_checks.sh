@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU checks of the fast-training work in one go (one call on a lent GPU machine):
+#   1. tests marked gpu (CUDA-graph steps against eager steps),
+#   2. scripts/bench.py: the seed's loop against aelight in float32, bf16-mixed, bf16-mixed + CUDA graph,
+#   3. the seed's 50-epoch recipe with validation each epoch (scripts/time_fit.py): fit seconds and
+#      test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph.
+# Each result goes to OUT_DIR as JSON or text; a failing step does not stop the others.
+#
+#   scripts/gpu_checks.sh DATA_DIR OUT_DIR            # DATA_DIR holds MNIST/raw
+#   ACCELERATOR=cpu EPOCHS=1 BENCH_EPOCHS=1 scripts/gpu_checks.sh ../shared/data /tmp/out   # plumbing check
+#
+# With this project's device tool, whose machine has torch and Lightning but not jsonargparse or
+# pytest, and no ../shared: fill the git-ignored folders .whl/ and .mnist/ first,
+#   mkdir -p .whl .mnist && cp ../shared/wheels/gpu/*.whl .whl/ && pip download -q --no-deps -d .whl pytest pluggy iniconfig pygments
+#   for f in ../shared/data/MNIST/raw/*-ubyte; do gzip -c "$f" > ".mnist/$(basename "$f").gz"; done
+# then run, carrying [".whl", ".mnist"]:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. &&
+#   mkdir -p /tmp/data/MNIST/raw && for f in .mnist/*.gz; do gunzip -c "$f" > "/tmp/data/MNIST/raw/$(basename "$f" .gz)"; done &&
+#   bash scripts/gpu_checks.sh /tmp/data "$OUT"
+set -u
+DATA=${1:?usage: gpu_checks.sh DATA_DIR OUT_DIR}
+OUT=${2:?usage: gpu_checks.sh DATA_DIR OUT_DIR}
+ACCELERATOR=${ACCELERATOR:-gpu}
+EPOCHS=${EPOCHS:-50}
+BENCH_EPOCHS=${BENCH_EPOCHS:-3}
+STEP_TIMEOUT=${STEP_TIMEOUT:-240}
+mkdir -p "$OUT"
+
+step() {  # step NAME COMMAND...: runs COMMAND with a time limit, stdout to OUT/NAME, stderr to OUT/NAME.err
+  local name=$1
+  shift
+  local start=$SECONDS
+  timeout "$STEP_TIMEOUT" "$@" >"$OUT/$name" 2>"$OUT/$name.err"
+  echo "$name: exit $?, $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"; } >"$OUT/device.txt"
+python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__, torch.cuda.is_available())" >>"$OUT/device.txt"
+
+if [ "$ACCELERATOR" = gpu ]; then
+  step pytest_gpu.txt python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+fi
+
+bench=(python3 scripts/bench.py --data-dir "$DATA" --epochs "$BENCH_EPOCHS" --accelerator "$ACCELERATOR" --json)
+step bench_fp32.json "${bench[@]}"
+step bench_bf16.json "${bench[@]}" --precision bf16-mixed
+step bench_bf16_graph.json "${bench[@]}" --precision bf16-mixed --cuda-graph
+
+fit=(python3 scripts/time_fit.py -c configs/ae.yaml --data.data_dir "$DATA" --trainer.accelerator "$ACCELERATOR"
+  --trainer.devices 1 --trainer.max_epochs "$EPOCHS" --trainer.enable_progress_bar false
+  --trainer.logger.init_args.save_dir "$OUT/logs")
+step fit_fp32.json "${fit[@]}" --trainer.logger.init_args.name fp32
+step fit_bf16.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
+  --trainer.logger.init_args.name bf16
+step fit_bf16_graph.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
+  --model.init_args.cuda_graph true --trainer.logger.init_args.name bf16_graph
