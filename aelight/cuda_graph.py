@@ -12,7 +12,7 @@ the autocast state. Each key's first ``warmup_steps`` steps run eagerly; they ar
 """
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -45,19 +45,25 @@ class GraphedStep:
         for group in optimizer.param_groups:
             if "capturable" in group:  # the update reads its step count on the device, no host sync
                 group["capturable"] = True
-        self.stream = torch.cuda.Stream()
+        self.stream: Optional[torch.cuda.Stream] = None  # made on the first step, on the training device
         self.graphs: OrderedDict = OrderedDict()  # key -> (graph, input buffer, names, output values)
         self.warm: dict = {}  # key -> eager steps taken so far
         self.failed = False
         self.replays = 0
 
     def key(self, x: Tensor) -> tuple:
-        hyper = [sorted((k, repr(v)) for k, v in g.items() if k != "params") for g in self.optimizer.param_groups]
+        hyper = tuple(v for g in self.optimizer.param_groups for k, v in g.items() if k != "params")
+        try:
+            hash(hyper)
+        except TypeError:  # a list among the hyperparameters
+            hyper = repr(hyper)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        return tuple(x.shape), x.dtype, repr(hyper), autocast
+        return x.shape, x.dtype, hyper, autocast
 
     def __call__(self, x: Tensor) -> tuple[list[str], Tensor]:
         main = torch.cuda.current_stream()
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
         self.stream.wait_stream(main)  # x was made on the main stream
         with torch.cuda.stream(self.stream):
             names, values = self._step(x)

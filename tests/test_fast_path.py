@@ -160,3 +160,19 @@ def test_cuda_graph_option_without_a_gpu_warns_and_trains_as_without_it(tiny_dat
     torch.manual_seed(0)
     eager, _ = fit_and_test(tiny_data, AE(steps_per_batch=4))
     assert steps == 3 * 4 * 4 and graphed == eager
+
+
+def test_cuda_graph_key_changes_with_what_a_captured_step_bakes_in():
+    from aelight.cuda_graph import GraphedStep
+
+    model = torch.nn.Linear(4, 4)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    graphed = GraphedStep(lambda x: {}, adam)
+    assert adam.param_groups[0]["capturable"]  # Adam's update then keeps its step count on the device
+    x = torch.zeros(8, 4)
+    first = graphed.key(x)
+    assert graphed.key(x.clone()) == first and graphed.key(torch.zeros(7, 4)) != first
+    adam.param_groups[0]["lr"] = 5e-4  # an LR scheduler's new rate needs a new graph
+    assert graphed.key(x) != first
+    adam.param_groups[0]["lr"] = 1e-3
+    assert graphed.key(x) == first
