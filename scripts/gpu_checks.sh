@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the fast-training work in one go (one call on a lent GPU machine):
 #   1. tests marked gpu (CUDA-graph steps against eager steps),
-#   2. scripts/bench.py: the seed's loop against aelight in float32, bf16-mixed, bf16-mixed + CUDA graph,
+#   2. scripts/bench.py: the seed's loop against aelight in float32, bf16-mixed, bf16-mixed + CUDA graph
+#      (with steps_per_batch 8 and 32),
 #   3. the seed's 50-epoch recipe with validation each epoch (scripts/time_fit.py): fit seconds and
 #      test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph.
 # Each result goes to OUT_DIR as JSON or text; a failing step does not stop the others.
@@ -45,6 +46,8 @@ bench=(python3 scripts/bench.py --data-dir "$DATA" --epochs "$BENCH_EPOCHS" --ac
 step bench_fp32.json "${bench[@]}"
 step bench_bf16.json "${bench[@]}" --precision bf16-mixed
 step bench_bf16_graph.json "${bench[@]}" --precision bf16-mixed --cuda-graph
+# Lightning's per-batch overhead against a graphed step: is a larger steps_per_batch the better GPU default?
+step bench_bf16_graph_spb32.json "${bench[@]}" --precision bf16-mixed --cuda-graph --steps-per-batch 32
 
 fit=(python3 scripts/time_fit.py -c configs/ae.yaml --data.data_dir "$DATA" --trainer.accelerator "$ACCELERATOR"
   --trainer.devices 1 --trainer.max_epochs "$EPOCHS" --trainer.enable_progress_bar false
