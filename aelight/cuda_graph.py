@@ -1,14 +1,15 @@
-"""CUDA-graph capture of a whole training step: forward, loss, backward and the optimizer update.
+"""CUDA-graph capture of whole training steps: forward, loss, backward and the optimizer update.
 
 At batch 128 the seed's model spends far more time launching its few dozen kernels per step than
-running them; replaying the step as one captured graph costs one launch. This follows PyTorch's
-"whole network capture" recipe: a few eager warm-up steps on a side stream, then one capture on
+running them; replaying the steps as one captured graph costs one launch. This follows PyTorch's
+"whole network capture" recipe: a few eager warm-up calls on a side stream, then one capture on
 that same stream (lazily created cuBLAS workspaces belong to a stream and cannot be allocated
-during a capture), then per step: copy the batch into the graph's input buffer and replay.
+during a capture), then per call: copy the batch into the graph's input buffer and replay. aelight
+captures all optimizer steps of one Lightning batch (``steps_per_batch`` of them) in one graph.
 
 A graph is kept per key: the batch's shape and dtype, the optimizer's hyperparameters (a float
 learning rate is baked into the captured update, so a scheduler's new rate gets a new graph) and
-the autocast state. Each key's first ``warmup_steps`` steps run eagerly; they are real steps.
+the autocast state. Each key's first ``warmup_calls`` calls run eagerly; they are real steps.
 """
 
 from collections import OrderedDict
@@ -24,30 +25,32 @@ def stack_terms(terms: dict[str, Tensor]) -> Tensor:
 
 
 class GraphedStep:
-    """Calls ``step_fn(x)`` (one full optimizer step, returning the loss terms) through CUDA graphs.
+    """Calls ``step_fn(x)`` through CUDA graphs.
 
-    Returns ``(names, values)``: the term names and their values for this step, a tensor that the
-    next step does not overwrite. Graph mode needs an optimizer whose step makes no host sync
-    (torch's Adam/AdamW with ``capturable``, which is switched on here, or SGD) and no host sync in
-    the model's training step; a capture that fails is reported once and the steps go on eagerly.
+    ``step_fn`` takes optimizer steps on the batch ``x`` and returns ``(names, values)``: the loss
+    term names and their values, a tensor (one row per step). The call returns the same, with
+    values that the next call does not overwrite. Graph mode needs an optimizer whose step makes
+    no host sync (torch's Adam/AdamW with ``capturable``, which is switched on here, or SGD) and no
+    host sync in the model's training step; a capture that fails is reported once and the steps
+    go on eagerly.
     """
 
     def __init__(
         self,
-        step_fn: Callable[[Tensor], dict[str, Tensor]],
+        step_fn: Callable[[Tensor], tuple[list[str], Tensor]],
         optimizer: torch.optim.Optimizer,
-        warmup_steps: int = 3,
+        warmup_calls: int = 3,
         max_graphs: int = 4,
         on_failure: Callable[[str], None] = print,
     ):
         self.step_fn, self.optimizer = step_fn, optimizer
-        self.warmup_steps, self.max_graphs, self.on_failure = warmup_steps, max_graphs, on_failure
+        self.warmup_calls, self.max_graphs, self.on_failure = warmup_calls, max_graphs, on_failure
         for group in optimizer.param_groups:
             if "capturable" in group:  # the update reads its step count on the device, no host sync
                 group["capturable"] = True
-        self.stream: Optional[torch.cuda.Stream] = None  # made on the first step, on the training device
+        self.stream: Optional[torch.cuda.Stream] = None  # made on the first call, on the training device
         self.graphs: OrderedDict = OrderedDict()  # key -> (graph, input buffer, names, output values)
-        self.warm: dict = {}  # key -> eager steps taken so far
+        self.warm: dict = {}  # key -> eager calls so far
         self.failed = False
         self.replays = 0
 
@@ -80,26 +83,23 @@ class GraphedStep:
             graph.replay()
             self.replays += 1
             return names, static_values.clone()
-        if self.failed or self.warm.get(key, 0) < self.warmup_steps:
+        if self.failed or self.warm.get(key, 0) < self.warmup_calls:
             self.warm[key] = self.warm.get(key, 0) + 1
-            terms = self.step_fn(x)
-            return list(terms), stack_terms(terms)
+            return self.step_fn(x)
         return self._capture(key, x)
 
     def _capture(self, key: tuple, x: Tensor) -> tuple[list[str], Tensor]:
         graph, static_x = torch.cuda.CUDAGraph(), x.clone()
         try:
             with torch.cuda.graph(graph, stream=self.stream):
-                terms = self.step_fn(static_x)
-                static_values = stack_terms(terms)
+                names, static_values = self.step_fn(static_x)
         except Exception as err:  # e.g. a host sync in the model's step: nothing ran, step eagerly
             self.failed = True
             self.on_failure(f"CUDA graph capture of the training step failed ({err}); training goes on eagerly")
-            terms = self.step_fn(x)
-            return list(terms), stack_terms(terms)
-        self.graphs[key] = (graph, static_x, list(terms), static_values)
+            return self.step_fn(x)
+        self.graphs[key] = (graph, static_x, names, static_values)
         if len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
-        graph.replay()  # capturing recorded the step without running it
+        graph.replay()  # capturing recorded the steps without running them
         self.replays += 1
-        return list(terms), static_values.clone()
+        return names, static_values.clone()

@@ -300,44 +300,46 @@ class AE(L.LightningModule):
             else:
                 raw = self.optimizers().optimizer
                 self._graphed_step = GraphedStep(
-                    lambda x: self._step_optimizer(raw, x, Tensor.backward), raw, on_failure=rank_zero_warn
+                    lambda x: self._train_batch(raw, x, Tensor.backward), raw, on_failure=rank_zero_warn
                 )
 
-    def _step_optimizer(self, optimizer, x: Tensor, backward) -> dict[str, Tensor]:
-        """One optimizer step on ``x``; returns its loss terms."""
-        optimizer.zero_grad(set_to_none=True)
-        terms = self._train_terms(x)
-        backward(terms["loss"])
-        if self.gradient_clipping is not None:
-            self.clip_gradients(optimizer, *self.gradient_clipping)
-        optimizer.step()
-        return terms
+    def _split(self, x: Tensor) -> tuple[Tensor, ...]:
+        # Always the same number of chunks (a short last batch gives smaller ones), so every DDP
+        # rank takes the same number of steps.
+        return x.tensor_split(min(self.steps_per_batch, len(x)))
+
+    def _train_batch(self, optimizer, x: Tensor, backward) -> tuple[list[str], Tensor]:
+        """The optimizer steps on one Lightning batch ``x``, one per chunk of ``batch_size`` samples.
+
+        Returns the loss term names and their values, one row per step.
+        """
+        rows = []
+        for chunk in self._split(x):
+            optimizer.zero_grad(set_to_none=True)
+            terms = self._train_terms(chunk)
+            backward(terms["loss"])
+            if self.gradient_clipping is not None:
+                self.clip_gradients(optimizer, *self.gradient_clipping)
+            optimizer.step()
+            rows.append(stack_terms(terms))
+        return list(terms), torch.stack(rows)
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
             return self._common_step(batch, batch_idx, "train")
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         optimizer = self.optimizers()
-        # Always the same number of chunks (a short last batch gives smaller ones), so every DDP
-        # rank takes the same number of steps.
-        chunks = x.tensor_split(min(self.steps_per_batch, len(x)))
-        rows = []
-        for chunk in chunks:
-            if self.direct_steps:
-                # The optimizer itself, with the step counting (trainer.global_step) that
-                # LightningOptimizer.step would do; the manual loop hooks it into the wrapper.
+        if self._graphed_step is not None:
+            names, values = self._graphed_step(x)
+        elif self.direct_steps:
+            names, values = self._train_batch(optimizer.optimizer, x, Tensor.backward)
+        else:
+            names, values = self._train_batch(optimizer, x, self.manual_backward)
+        if self.direct_steps:  # the step counting (trainer.global_step) that LightningOptimizer.step does
+            for _ in range(len(values)):
                 optimizer._on_before_step()
-                if self._graphed_step is not None:
-                    names, row = self._graphed_step(chunk)
-                else:
-                    terms = self._step_optimizer(optimizer.optimizer, chunk, Tensor.backward)
-                    names, row = list(terms), stack_terms(terms)
                 optimizer._on_after_step()
-            else:
-                terms = self._step_optimizer(optimizer, chunk, self.manual_backward)
-                names, row = list(terms), stack_terms(terms)
-            rows.append(row)
-        self.log_train_terms(names, torch.stack(rows), [len(c) for c in chunks])
+        self.log_train_terms(names, values, [len(c) for c in self._split(x)])
         return None
 
     def on_train_epoch_end(self) -> None:
