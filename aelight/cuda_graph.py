@@ -19,11 +19,6 @@ import torch
 from torch import Tensor
 
 
-def stack_terms(terms: dict[str, Tensor]) -> Tensor:
-    """The loss terms of one step as one float tensor, detached."""
-    return torch.stack([v.detach() for v in terms.values()]).float()
-
-
 class GraphedStep:
     """Calls ``step_fn(x)`` through CUDA graphs.
 

@@ -29,7 +29,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.components import MLPDecoder, MLPEncoder
-from aelight.cuda_graph import GraphedStep, stack_terms
+from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
 from aelight.runtime import skip_repeated_gpu_probe
 
@@ -60,6 +60,11 @@ def _is_plain(value) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
     return value is None or isinstance(value, (bool, int, float, str))
+
+
+def stack_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The loss terms of one step as one float tensor, detached."""
+    return torch.stack([v.detach() for v in terms.values()]).float()
 
 
 @dataclass
@@ -118,7 +123,7 @@ class AE(L.LightningModule):
         # (about 1 ms on a CPU, more than the step of a small model): the data module then
         # serves steps_per_batch x batch_size samples and training_step steps through them.
         self.automatic_optimization = steps_per_batch == 1 and not cuda_graph
-        # Each optimizer step replayed as one captured CUDA graph (see aelight/cuda_graph.py).
+        # The optimizer steps of each Lightning batch replayed as one captured CUDA graph (aelight/cuda_graph.py).
         self.cuda_graph = cuda_graph
         self._graphed_step: Optional[GraphedStep] = None
         # torch.compile of the training step's forward and loss: one generated kernel for the chain
