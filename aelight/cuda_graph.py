@@ -43,6 +43,13 @@ class GraphedStep:
         for group in optimizer.param_groups:
             if "capturable" in group:  # the update reads its step count on the device, no host sync
                 group["capturable"] = True
+                for p in group["params"]:  # a resumed state keeps its step count on the host
+                    step = optimizer.state.get(p, {}).get("step")
+                    if isinstance(step, Tensor) and step.device != p.device:
+                        optimizer.state[p]["step"] = step.to(p.device)
+        # torch warns once that a capturable optimizer stepping outside a graph is slower: the
+        # warm-up calls do exactly that, on purpose.
+        optimizer._warned_capturable_if_run_uncaptured = True
         self.stream: Optional[torch.cuda.Stream] = None  # made on the first call, on the training device
         self.graphs: OrderedDict = OrderedDict()  # key -> (graph, input buffer, names, output values)
         self.warm: dict = {}  # key -> eager calls so far

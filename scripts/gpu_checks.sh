@@ -4,7 +4,7 @@
 #   2. scripts/bench.py: the seed's loop against aelight in float32, bf16-mixed, bf16-mixed + CUDA graph
 #      (with steps_per_batch 8 and 32),
 #   3. the seed's 50-epoch recipe with validation each epoch (scripts/time_fit.py): fit seconds and
-#      test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph.
+#      test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph (steps_per_batch 8 and 32).
 # Each result goes to OUT_DIR as JSON or text; a failing step does not stop the others.
 #
 #   scripts/gpu_checks.sh DATA_DIR OUT_DIR            # DATA_DIR holds MNIST/raw
@@ -57,3 +57,5 @@ step fit_bf16.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.chec
   --trainer.logger.init_args.name bf16
 step fit_bf16_graph.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
   --model.init_args.cuda_graph true --trainer.logger.init_args.name bf16_graph
+step fit_bf16_graph_spb32.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
+  --model.init_args.cuda_graph true --model.init_args.steps_per_batch 32 --trainer.logger.init_args.name bf16_graph_spb32

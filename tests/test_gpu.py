@@ -89,3 +89,15 @@ def test_cuda_graph_vae_with_random_draws_trains(tiny_data):
     assert model._graphed_step.replays > 0 and not model._graphed_step.failed
     # fresh noise each replay (the graph advances the generator), so close but not equal
     assert abs(result["test/loss"] - eager["test/loss"]) <= 0.05 * abs(eager["test/loss"]), (result, eager)
+
+
+def test_a_resumed_adam_state_moves_its_step_count_to_the_device():
+    model, _ = seed_model_and_adam()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # not fused: its step count lives on the host
+    step_fn(model, optimizer)(torch.rand(8, 784, device="cuda"))
+    assert all(s["step"].device.type == "cpu" for s in optimizer.state.values())
+    graphed = GraphedStep(step_fn(model, optimizer), optimizer, warmup_calls=1)
+    assert all(s["step"].device.type == "cuda" for s in optimizer.state.values())
+    for _ in range(3):
+        names, values = graphed(torch.rand(8, 784, device="cuda"))
+    assert graphed.replays == 2 and not graphed.failed and torch.isfinite(values).all()
