@@ -98,6 +98,7 @@ class GraphedStep:
         except Exception as err:  # e.g. a host sync in the model's step: nothing ran, step eagerly
             self.failed = True
             self.on_failure(f"CUDA graph capture of the training step failed ({err}); training goes on eagerly")
+            _end_rng_capture(x.device)
             return self.step_fn(x)
         self.graphs[key] = (graph, static_x, names, static_values)
         if len(self.graphs) > self.max_graphs:
@@ -105,3 +106,14 @@ class GraphedStep:
         graph.replay()  # capturing recorded the steps without running them
         self.replays += 1
         return names, static_values.clone()
+
+
+def _end_rng_capture(device: torch.device) -> None:
+    """Takes the device's default generator out of capture mode after a failed capture.
+
+    torch ends a generator's capture only when the capture succeeded; after a failed one, every
+    random draw outside a graph raises "Offset increment outside graph capture encountered
+    unexpectedly". A fresh copy of the generator's state (same seed and offset) is not capturing.
+    """
+    generator = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    generator.graphsafe_set_state(generator.clone_state())

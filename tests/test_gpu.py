@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aelight.cli import build_cli
 from aelight.cuda_graph import GraphedStep
 from aelight.data import MNISTDataModule
 from aelight.models import AE, VAE
+from tests.test_cli import CONFIGS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -58,6 +60,25 @@ def test_graphed_steps_match_eager_steps_and_a_new_lr_gets_a_new_graph():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
 
 
+def test_a_failed_capture_goes_on_eagerly_and_random_draws_still_work():
+    model, optimizer = seed_model_and_adam()
+
+    def step(x):  # a random draw (registers the generator with the capture), then a host sync
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.mse_loss(torch.sigmoid(model(x + 0.1 * torch.randn_like(x))), x)
+        loss.backward()
+        optimizer.step()
+        assert loss.item() >= 0  # .item() cannot be captured
+        return ["loss"], loss.detach()[None, None]
+
+    failures = []
+    graphed = GraphedStep(step, optimizer, warmup_calls=1, on_failure=failures.append)
+    for _ in range(3):
+        names, values = graphed(torch.rand(8, 784, device="cuda"))
+    assert graphed.failed and graphed.replays == 0 and len(failures) == 1, failures
+    assert torch.isfinite(values).all() and torch.isfinite(torch.randn(4, device="cuda")).all()
+
+
 def fit(tmp_data, model, precision="32-true", epochs=2):
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(tmp_data), download=False, val_size=100, batch_size=32)
@@ -101,3 +122,24 @@ def test_a_resumed_adam_state_moves_its_step_count_to_the_device():
     for _ in range(3):
         names, values = graphed(torch.rand(8, 784, device="cuda"))
     assert graphed.replays == 2 and not graphed.failed and torch.isfinite(values).all()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_trains_through_cuda_graphs_with_the_gpu_config(config, tiny_data, tmp_path):
+    # configs/trainer/gpu_bf16.yaml turns cuda_graph on for whatever model it is combined with:
+    # every shipped model's step must capture (no host sync in it) and train to finite losses.
+    cli = build_cli(
+        [f"--config=configs/{config}", "--config=configs/trainer/gpu_bf16.yaml", f"--data.data_dir={tiny_data}",
+         "--data.download=false", "--data.val_size=100", "--data.batch_size=8", "--data.eval_batch_size=50",
+         "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    graphed = cli.model._graphed_step
+    assert graphed is not None and not graphed.failed and graphed.replays > 0
+    # 500 training images: 7 Lightning batches of 8 steps x 8 images, then 8 steps on 52. With 7 full
+    # batches an epoch, a model whose scheduler changes the lr each epoch still captures (3 warm-up calls).
+    assert cli.trainer.global_step == 2 * 64
+    (result,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.values()), result

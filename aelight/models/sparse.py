@@ -2,7 +2,6 @@
 
 from typing import Literal, Optional
 
-import torch
 from torch import Tensor, nn
 
 from aelight.errors import ConfigError
@@ -15,7 +14,7 @@ def kl_sparsity(code: Tensor, target: float) -> Tensor:
     Needs activations in [0, 1] (a sigmoid code).
     """
     rho_hat = code.float().mean(0).clamp(1e-6, 1 - 1e-6)
-    rho = torch.as_tensor(target, dtype=rho_hat.dtype, device=rho_hat.device)
+    rho = float(target)  # a Python scalar: a tensor made here would be a host-to-device copy in every step
     return (rho * (rho / rho_hat).log() + (1 - rho) * ((1 - rho) / (1 - rho_hat)).log()).sum()
 
 

@@ -11,6 +11,8 @@ from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 from aelight.models.autoencoder import AE
 
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
 
 class VAE(AE):
     """The encoder outputs ``2 * latent`` numbers: the posterior mean and log-variance.
@@ -103,9 +105,12 @@ class VAE(AE):
         """log p(x, z_i) - log q(z_i | x) for k draws z_i ~ q(z | x): shape (k, batch)."""
         mu, logvar = posterior if posterior is not None else self.posterior(x)
         mu, std = mu.float(), (0.5 * logvar.float()).exp()
-        z = mu + std * torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
-        log_q = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
-        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + std * eps
+        # Gaussian log-densities written out: torch.distributions validates its arguments with a
+        # host sync, which a CUDA-graph capture of the training step cannot hold.
+        log_q = (-0.5 * eps.pow(2) - std.log() - HALF_LOG_2PI).sum(-1)
+        log_prior = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
         logits = self.decoder(z.reshape(-1, z.shape[-1]))
         xs = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = -self.reconstruction_nll(xs, logits).reshape(k, -1)
