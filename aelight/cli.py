@@ -94,10 +94,16 @@ class AELightCLI(LightningCLI):
         if model.automatic_optimization:
             return
         if trainer.accumulate_grad_batches != 1:
+            # steps_per_batch > 1 or cuda_graph: true (on in configs/trainer/gpu_bf16.yaml) make the model step itself
+            option, wanted, now = (
+                ("steps_per_batch", 1, model.steps_per_batch)
+                if model.steps_per_batch > 1
+                else ("cuda_graph", "false", "true")
+            )
             raise AelightError(
                 f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} needs "
-                f"model.init_args.steps_per_batch: 1 (it is {model.steps_per_batch}); set "
-                "--model.init_args.steps_per_batch 1, or raise data.batch_size instead of accumulating"
+                f"model.init_args.{option}: {wanted} (it is {now}); set "
+                f"--model.init_args.{option} {wanted}, or raise data.batch_size instead of accumulating"
             )
         if trainer.gradient_clip_val:  # the model clips before each of its steps, as Lightning would
             algorithm = trainer.gradient_clip_algorithm

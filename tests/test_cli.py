@@ -270,3 +270,13 @@ def test_gradient_accumulation_with_several_steps_a_batch_is_a_clear_error(cli_a
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "accumulate_grad_batches=2 needs model.init_args.steps_per_batch: 1" in err and "Traceback" not in err
+
+
+def test_gradient_accumulation_with_cuda_graph_names_cuda_graph(cli_args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(cli_args("fit", "--config=configs/ae.yaml", "--model.init_args.steps_per_batch=1",
+                     "--model.init_args.cuda_graph=true", "--trainer.accumulate_grad_batches=2"))  # fmt: skip
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "accumulate_grad_batches=2 needs model.init_args.cuda_graph: false (it is true)" in err, err
+    assert "Traceback" not in err
