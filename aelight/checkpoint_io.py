@@ -1,24 +1,29 @@
 """Checkpoint files that are never left half-written, and loading that names what is wrong.
 
-Saving writes a temporary file beside the target, fsyncs it and renames it over the final name,
-so a process killed at any moment leaves either the old checkpoint or the new one, never a torn
-file under a final name. Loading is weights-only by default (set by the CLI): a checkpoint that
-carries pickled objects (code that would run on load) is refused.
+Saving goes through ``aelight.safe_files.atomic_open`` (a temporary file beside the target,
+fsynced and renamed over the final name), so a process killed at any moment, or a full disk,
+leaves either the old checkpoint or the new one, never a torn file under a final name. Loading is
+weights-only by default (set by the CLI): a checkpoint that carries pickled objects (code that
+would run on load) is refused; ``aelight.trust`` then checks the class paths it names.
 """
 
 import os
 import pickle
-import tempfile
 from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from aelight.errors import AelightError
+from aelight.safe_files import atomic_open
 
 
 class CheckpointError(AelightError):
     """A checkpoint file is missing, truncated, corrupt or unsafe to load."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch.save's legacy format starts with a pickled magic number
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -26,42 +31,52 @@ class SafeCheckpointIO(TorchCheckpointIO):
         path = str(path)
         if "://" in path:  # remote filesystems: Lightning's own (fsspec transaction) path
             return super().save_checkpoint(checkpoint, path, storage_options)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        with atomic_open(path, "wb", what="checkpoint") as f:
+            torch.save(checkpoint, f)
+            f.flush()
 
     def load_checkpoint(
         self, path, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
+        path = str(path)
+        if "://" not in path:
+            _check_is_checkpoint_file(path)
         try:
             checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
         except pickle.UnpicklingError as err:
-            if "Weights only load failed" in str(err):
+            if "Weights only load failed" in str(err) and "Unsupported global" in str(err):
                 raise CheckpointError(
                     f"checkpoint {path} refused: it carries pickled Python objects (code that would run on load) "
                     "and checkpoints are loaded weights-only. Load it with --weights_only false only if you "
                     "trust where it came from."
                 ) from None
-            raise CheckpointError(f"checkpoint {path} is corrupt ({err})") from None
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)})") from None
         except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)})") from None
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
         return checkpoint
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _check_is_checkpoint_file(path: str) -> None:
+    """Names a missing, empty or foreign file before torch tries to unpickle it."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({err.strerror})") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint; a write may have failed")
+    if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTOCOL_2):
+        raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")

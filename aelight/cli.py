@@ -4,25 +4,58 @@
 ``configs/trainer/`` switch between CPU, one GPU with bf16 and DDP.
 """
 
+import contextlib
+import errno
 import glob
 import os
 import re
 import sys
-import tempfile
+import threading
 from typing import Optional
 
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from aelight import safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
 from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.data import MNISTDataModule
-from aelight.errors import AelightError
+from aelight.errors import AelightError, ConfigError
 from aelight.models import AE
 
 CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+# The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
+# the same command line (they must log into the same folder, not claim their own).
+RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"
+_claimed_run_dirs: list[str] = []  # removed again if the command fails before writing anything there
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the command's resolved config in the run folder without ever replacing the training
+    config: ``fit`` writes ``config.yaml`` (``config_resumed.yaml`` when it resumes into a folder
+    that has one), ``validate`` / ``test`` / ``predict`` write ``config_<command>.yaml``.
+    Written atomically, on rank 0 only. The file is a config: code-equivalent input (its class
+    paths name code to run), to be trusted like a script."""
+
+    def __init__(self, parser, config, **kwargs):
+        kwargs["save_to_log_dir"] = False  # save_config below does it, never overwriting fit's file
+        super().__init__(parser, config, **kwargs)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        logger = trainer.logger
+        folder = logger.log_dir if logger is not None and logger.log_dir else trainer.default_root_dir
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
+        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        if stage == "fit" and os.path.exists(os.path.join(folder, name)):
+            name = "config_resumed.yaml"
+        text = self.parser.dump(self.config, skip_none=False)
+        safe_files.write_text(os.path.join(folder, name), text, what="config")
 
 
 class AELightCLI(LightningCLI):
@@ -66,28 +99,62 @@ class AELightCLI(LightningCLI):
         return subcommand, cfg
 
     def _parse_ckpt_path(self) -> None:
-        # Runs right after parsing, before Lightning reads the checkpoint's hyperparameters:
-        # resolve best/last, then check the file so a bad one gets a message, not a traceback.
+        # Runs right after parsing, before Lightning reads the checkpoint's hyperparameters (and
+        # imports the class paths they name): resolve best/last, then load the file weights-only
+        # and check every class path it names against aelight.trust's allow-list, so a bad or
+        # crafted file gets a message and nothing is imported from it.
         subcommand, cfg = self._subcommand_config()
+        self._checkpoint_shapes = None  # the checkpoint's weight shapes, checked against the model before running
         if subcommand and cfg.get("weights_only") is None:
             cfg.weights_only = True  # checkpoints are loaded without unpickling arbitrary objects
         if subcommand and cfg.get("ckpt_path"):
             logger = cfg.trainer.logger
             cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if _is_tensorboard(logger) else None)
-            SafeCheckpointIO().load_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=cfg.weights_only)
+            checkpoint = trust.load_checkpoint(cfg.ckpt_path, weights_only=cfg.weights_only)
+            self._checkpoint_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()}
             if not cfg.weights_only:
                 return  # Lightning's hyperparameter read is weights-only and would refuse the file
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        # Every command that writes checks its output folder before any work, and a new run claims
+        # its own version folder atomically, so runs started at the same moment never share one.
         subcommand, cfg = self._subcommand_config()
         logger = cfg.trainer.logger
-        tensorboard = _is_tensorboard(logger)
-        if subcommand == "fit":
-            save_dir = logger.init_args.save_dir if tensorboard else cfg.trainer.default_root_dir or "."
-            _check_writable(save_dir)
+        if not _is_tensorboard(logger):
+            safe_files.check_writable(cfg.trainer.default_root_dir or ".", WRITABLE_HINT)
+            return
+        save_dir = logger.init_args.save_dir
+        safe_files.check_writable(save_dir, WRITABLE_HINT)
+        run_root = os.path.join(save_dir, logger.init_args.name)
+        if logger.init_args.get("version") is None:
+            logger.init_args.version = _run_version(run_root)
+        version = logger.init_args.version
+        run_dir = os.path.join(run_root, version if isinstance(version, str) else f"version_{version}")
+        safe_files.check_writable(run_dir, WRITABLE_HINT)
+
+    def _before_run(self) -> None:
+        """Before any command runs: stale temporaries of a killed run are removed from its folders,
+        and a checkpoint's weights must fit the model."""
+        trainer = self.trainer
+        if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
+            run_dir = trainer.logger.log_dir
+            safe_files.remove_stale_temporaries(run_dir)
+            safe_files.remove_stale_temporaries(os.path.join(run_dir, "checkpoints"))
+        if self._checkpoint_shapes is not None:
+            _check_weights_fit(self.model, self._checkpoint_shapes, self._subcommand_config()[1].ckpt_path)
+
+    def before_validate(self) -> None:
+        self._before_run()
+
+    def before_test(self) -> None:
+        self._before_run()
+
+    def before_predict(self) -> None:
+        self._before_run()
 
     def before_fit(self) -> None:
+        self._before_run()
         # With several optimizer steps per batch (steps_per_batch > 1) the model steps its optimizer
         # itself, and Lightning refuses its trainer-level clipping and accumulation for such models.
         model, trainer = self.model, self.trainer
@@ -153,16 +220,64 @@ def _version_number(ckpt_path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _check_writable(folder: str) -> None:
+WRITABLE_HINT = "choose another with --trainer.logger.init_args.save_dir DIR"
+
+
+def _run_version(run_root: str) -> int:
+    """Claims the next free ``version_N`` folder under ``run_root`` with an exclusive ``mkdir``:
+    of several runs started at once, each gets its own. Processes of a DDP run other than rank 0
+    take the one rank 0 claimed."""
+    if _process_rank() > 0 and os.environ.get(RUN_VERSION_ENV):
+        return int(os.environ[RUN_VERSION_ENV])
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        os.makedirs(run_root, exist_ok=True)
+        taken = [int(m.group(1)) for d in os.listdir(run_root) if (m := re.fullmatch(r"version_(\d+)", d))]
     except OSError as err:
-        raise AelightError(
-            f"output folder {os.path.abspath(folder)} is not writable ({err.strerror}); "
-            "choose another with --trainer.logger.init_args.save_dir DIR"
-        ) from None
+        raise safe_files.OutputError(f"output folder {run_root} is not writable ({err.strerror}); {WRITABLE_HINT}")
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            os.mkdir(os.path.join(run_root, f"version_{version}"))
+            _claimed_run_dirs.append(os.path.join(run_root, f"version_{version}"))
+            break
+        except FileExistsError:
+            version += 1
+        except OSError as err:
+            raise safe_files.OutputError(
+                f"output folder {run_root} is not writable ({err.strerror}); {WRITABLE_HINT}"
+            ) from None
+    os.environ[RUN_VERSION_ENV] = str(version)  # inherited by the DDP processes Lightning starts
+    return version
+
+
+def _process_rank() -> int:
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        if os.environ.get(name, "0").isdigit() and int(os.environ.get(name, "0")) > 0:
+            return 1
+    return 0
+
+
+def _check_weights_fit(model, shapes: dict[str, tuple], ckpt_path: str) -> None:
+    """A checkpoint's weights (their shapes by name) must fit the model's; else one line naming the first difference."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in shapes]
+    unexpected = [k for k in shapes if k not in own]
+    wrong = [k for k in own if k in shapes and own[k] != shapes[k]]
+    if not (missing or unexpected or wrong):
+        return
+    if wrong:
+        k = wrong[0]
+        detail = f"{k} has shape {list(shapes[k])} there but {list(own[k])} in the model"
+    elif missing:
+        detail = f"it lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    else:
+        detail = f"it has {unexpected[0]}, which the model does not" + (
+            f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        )
+    raise ConfigError(
+        f"checkpoint {ckpt_path}: its weights do not fit the {type(model).__name__} it describes ({detail}); "
+        "it was not written by aelight fit, or it was altered"
+    )
 
 
 def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
@@ -172,7 +287,7 @@ def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
         datamodule_class=MNISTDataModule,
         seed_everything_default=42,
         auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigSaver,
         trainer_defaults={
             "max_epochs": 50,
             "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "lightning_logs", "name": "auto"}},
@@ -182,11 +297,64 @@ def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
     )
 
 
+def user_error(err: BaseException) -> Optional[str]:
+    """The one-line message for an exception that is a user's mistake (also when jsonargparse or
+    Lightning wrapped it), or None for a bug, which keeps its traceback."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, AelightError):
+            return str(err)
+        if isinstance(err, OSError) and err.errno in (*safe_files.NO_SPACE, errno.EROFS):
+            where = f" ({err.filename})" if err.filename else ""
+            reason = "the disk is full" if err.errno in safe_files.NO_SPACE else "the file system is read-only"
+            return (
+                f"could not write the run's output{where}: {reason}; checkpoints written before are intact. "
+                "Free space or choose another folder with --trainer.logger.init_args.save_dir DIR"
+            )
+        if isinstance(err, MisconfigurationException):
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "gpu" in message.lower() and not torch.cuda.is_available():
+                message += (
+                    "; this machine has no usable GPU: train on the CPU with --config configs/trainer/cpu.yaml "
+                    "(or --trainer.accelerator cpu)"
+                )
+            return message
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _quiet_output_errors_in_threads(args) -> None:
+    """TensorBoard writes event files from a thread: a full or read-only disk there would print a
+    traceback, then reach the command through the next write, which reports it in one line."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in (*safe_files.NO_SPACE, errno.EROFS):
+        return
+    _default_thread_excepthook(args)
+
+
+_default_thread_excepthook = threading.excepthook
+
+
 def main(args: Optional[list] = None) -> None:
+    _claimed_run_dirs.clear()
+    threading.excepthook = _quiet_output_errors_in_threads
     try:
         build_cli(args)
-    except AelightError as err:
-        print(f"aelight: error: {err}", file=sys.stderr)
+    except SIGTERMException:
+        print(
+            "aelight: stopped by SIGTERM; the last checkpoint written is intact: continue the run with "
+            "--ckpt_path last",
+            file=sys.stderr,
+        )
+        sys.exit(SIGTERM_EXIT)
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        for folder in _claimed_run_dirs:  # a run that failed before writing leaves no empty version folder
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        print(f"aelight: error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -39,7 +39,15 @@ def salt_and_pepper(x: Tensor, fraction: float, generator: Optional[torch.Genera
 CORRUPTIONS = {"gaussian": gaussian, "masking": masking, "salt_and_pepper": salt_and_pepper}
 
 
-def corrupt(x: Tensor, kind: NoiseKind, level: float, generator: Optional[torch.Generator] = None) -> Tensor:
+def check_noise(kind: str, level: float) -> None:
+    """A noise kind aelight knows and a level in [0, 1] (a std or a fraction of pixels in [0, 1])."""
     if kind not in CORRUPTIONS:
         raise ConfigError(f"unknown noise kind {kind!r}; choose one of {sorted(CORRUPTIONS)}")
+    if not 0 <= level <= 1:
+        what = "the noise's std" if kind == "gaussian" else "the fraction of pixels corrupted"
+        raise ConfigError(f"noise_level must be between 0 and 1 ({what}, on pixels in [0, 1]), got {level}")
+
+
+def corrupt(x: Tensor, kind: NoiseKind, level: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    check_noise(kind, level)
     return CORRUPTIONS[kind](x, level, generator)

@@ -57,25 +57,30 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_mnist_root(tmp_path_factory.mktemp("tiny_mnist"))
 
 
+def short_run_args(data_dir, save_dir, *extra: str, epochs: int = 1, batches: int = 2) -> list[str]:
+    """CLI flags for a short run on the data in ``data_dir``, logging under ``save_dir``."""
+    return [
+        *extra,
+        f"--data.data_dir={data_dir}",
+        "--data.download=false",
+        "--data.val_size=100",
+        "--data.batch_size=32",
+        "--data.eval_batch_size=50",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.limit_train_batches={batches}",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+    ]
+
+
 @pytest.fixture
 def cli_args(tiny_data, tmp_path):
     """Common CLI flags for short runs on the tiny data, logging under tmp_path."""
 
     def args(*extra: str, epochs: int = 1, batches: int = 2) -> list[str]:
-        return [
-            *extra,
-            f"--data.data_dir={tiny_data}",
-            "--data.download=false",
-            "--data.val_size=100",
-            "--data.batch_size=32",
-            "--data.eval_batch_size=50",
-            f"--trainer.max_epochs={epochs}",
-            f"--trainer.limit_train_batches={batches}",
-            "--trainer.limit_val_batches=2",
-            "--trainer.limit_test_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        ]
+        return short_run_args(tiny_data, tmp_path / "logs", *extra, epochs=epochs, batches=batches)
 
     return args

@@ -32,12 +32,19 @@ def test_corrupt_and_truncated_checkpoints_are_named(cli_args, tmp_path, capsys)
     truncated, garbage = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt"
     truncated.write_bytes(data[: len(data) // 2])
     garbage.write_bytes(b"this is not a checkpoint" * 100)
-    for bad in (truncated, garbage):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    expected = {
+        truncated: f"checkpoint {truncated} is truncated or corrupt",
+        garbage: f"{garbage} is not a checkpoint (not a file written by torch.save)",
+        empty: f"checkpoint {empty} is empty (0 bytes)",
+    }
+    for bad, message in expected.items():
         with pytest.raises(SystemExit) as exit_:
             main(cli_args("test", "--config=configs/ae.yaml", f"--ckpt_path={bad}"))
         assert exit_.value.code == 1
         err = capsys.readouterr().err
-        assert f"checkpoint {bad} is truncated or corrupt" in err or f"checkpoint {bad} is corrupt" in err, err
+        assert message in err and "pickled" not in err, err
 
 
 class Payload:

@@ -6,11 +6,13 @@ the validation scores of normal images gives yes/no decisions (precision, recall
     aelight-anomaly --config configs/anomaly/ae.yaml --data-dir ../shared/data --epochs 20 [aelight options]
 """
 
+import argparse
 import time
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
 
+from aelight import safe_files
 from aelight.apps import common
 from aelight.cli import build_cli
 
@@ -59,7 +61,22 @@ def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tup
     return result, scores.cpu(), anomalous.cpu()
 
 
+def percentile(text: str) -> float:
+    """argparse type: a number from 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
+    return value
+
+
 def run(args) -> dict:
+    safe_files.check_writable(args.save_dir, "choose another with --save-dir DIR")  # before training anything
+    bad_digits = [d for d in args.digits if d not in range(10)]
+    if bad_digits:
+        raise common.AelightError(f"--digits: {bad_digits} are not digits from 0 to 9")
     report = {"config": args.config, "epochs": args.epochs, "score": None, "percentile": args.percentile, "digits": {}}
     histograms = {}
     for digit in args.digits:
@@ -74,7 +91,7 @@ def run(args) -> dict:
     report["device"] = common.device_name(args.device)
     report["anchors"] = {"Deep SVDD (Ruff et al. 2018), published": 0.948, "Deep SVDD, public rerun": 0.938}
     report["target_met"] = report["mean_auroc"] >= 0.95
-    common.write_report(common.report_dir(None, "anomaly", args.out), report, figures(report, histograms))
+    common.write_report(args.report_folder, report, figures(report, histograms))
     return report
 
 
@@ -109,10 +126,13 @@ def main(argv=None) -> None:
     parser = common.base_parser(__doc__, checkpoint=False)
     parser.add_argument("--config", action="append", required=True, help="aelight config(s) of the model to train")
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--percentile", type=float, default=95.0, help="threshold: this percentile of normal scores")
+    parser.add_argument("--epochs", type=common.positive_int, default=20)
+    parser.add_argument(
+        "--percentile", type=percentile, default=95.0, help="threshold: this percentile (0-100) of normal scores"
+    )
     parser.add_argument("--save-dir", default="lightning_logs", help="where the one-class runs are logged")
-    common.run_main(run, parser, argv, forward=True)  # other options go to aelight, e.g. --model.init_args...
+    # options it does not know go to the training runs, e.g. --model.init_args...
+    common.run_main(run, parser, argv, forward=True, report="anomaly")
 
 
 if __name__ == "__main__":

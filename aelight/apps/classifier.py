@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from aelight import trust
 from aelight.checkpoint_io import SafeCheckpointIO
+from aelight.errors import AelightError
+from aelight.safe_files import check_writable
 
 
 class MNISTClassifier(L.LightningModule):
@@ -67,22 +70,34 @@ class PenultimateFeatures(nn.Module):
 def trained_classifier(
     path: str, data_dir: str, device: str, epochs: int = 4, val_size: int = 5000
 ) -> tuple[MNISTClassifier, float]:
-    """The cached classifier at ``path`` (trained there first if missing) and its test accuracy."""
+    """The cached classifier at ``path`` (trained there first if missing) and its test accuracy.
+
+    The cache is a checkpoint like any other: loaded weights-only with its class paths checked
+    (aelight.trust), written atomically."""
     from aelight.apps.common import data
 
+    cached = os.path.exists(path)
+    if not cached:  # before training: the cache must be writable
+        check_writable(os.path.dirname(os.path.abspath(path)), "choose another cache file with --classifier PATH")
     dm = data(data_dir, batch_size=128, eval_batch_size=1000, val_size=val_size)
     trainer = L.Trainer(
         accelerator="gpu" if str(device).startswith("cuda") else "cpu", devices=1, max_epochs=epochs,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
     )  # fmt: skip
-    if os.path.exists(path):
-        SafeCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)
-        model = MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    if cached:
+        checkpoint = trust.load_checkpoint(path)
+        model = MNISTClassifier()  # its one hyperparameter, the learning rate, plays no part here
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError:
+            raise AelightError(
+                f"classifier cache {path} does not hold aelight's MNIST classifier; delete it to train a new one"
+            ) from None
     else:
         L.seed_everything(0)
         model = MNISTClassifier()
         trainer.fit(model, datamodule=dm)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        SafeCheckpointIO().save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(weights_only=True), path)
+        trainer.save_checkpoint(path, weights_only=True)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     return model.eval().to(device), result["test/accuracy"]

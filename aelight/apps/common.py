@@ -1,7 +1,6 @@
 """What every application command shares: loading a trained model, encoding a split, writing the report."""
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from aelight.checkpoint_io import SafeCheckpointIO
+from aelight import safe_files, trust
 from aelight.data import MNISTDataModule
 from aelight.data.device_batches import to_float_images
 from aelight.errors import AelightError  # noqa: F401 - re-exported for the commands
@@ -31,27 +30,73 @@ def base_parser(description: str, checkpoint: bool = True) -> argparse.ArgumentP
     return parser
 
 
-def run_main(fn: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentParser, argv=None, forward=False):
-    """Parse, run; user errors become one message and exit code 1. With ``forward``, options the
-    parser does not know are kept in ``args.override`` (passed on to the aelight CLI)."""
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_main(
+    fn: Callable[[argparse.Namespace], dict],
+    parser: argparse.ArgumentParser,
+    argv=None,
+    forward=False,
+    report: Optional[str] = None,
+):
+    """Parse, check, run; user errors become one message and exit code 1. Before any work the device
+    must exist and, with ``report`` (the command's name), the report folder must be writable: it is
+    then ``args.report_folder``. With ``forward``, options the parser does not know are kept in
+    ``args.override`` (passed on to the aelight CLI)."""
     if forward:
         args, args_override = parser.parse_known_args(argv)
         args.override = args_override
     else:
         args = parser.parse_args(argv)
     try:
+        check_device(args.device)
+        if report:
+            args.report_folder = report_dir(getattr(args, "ckpt", None), report, args.out)
         fn(args)
-    except AelightError as err:
-        print(f"aelight: error: {err}", file=sys.stderr)
+    except Exception as err:
+        from aelight.cli import user_error
+
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"aelight: error: {message}", file=sys.stderr)
         sys.exit(1)
 
 
+def check_device(device: str) -> None:
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise AelightError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AelightError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise AelightError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 def load_model(ckpt: str, device: str) -> AE:
-    """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file)."""
-    checkpoint = SafeCheckpointIO().load_checkpoint(ckpt, map_location="cpu", weights_only=True)  # clear errors first
-    model_class = model_class_of(checkpoint, ckpt)
+    """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file).
+
+    The file is loaded weights-only and every class path it names is checked against
+    ``aelight.trust``'s allow-list before Lightning imports anything it names."""
+    checkpoint = trust.load_checkpoint(ckpt)
+    model_class = trust.model_class(checkpoint, ckpt)
     try:
         model = model_class.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+    except RuntimeError as err:  # state dict keys or shapes that differ from its own hyperparameters
+        detail = " ".join(str(err).split("\n\t")[1:2])[:300] or str(err).splitlines()[0]
+        raise AelightError(
+            f"checkpoint {ckpt}: its weights do not fit the {model_class.__name__} it describes ({detail})"
+        ) from None
     except (TypeError, ValueError) as err:  # its arguments do not fit this version's model class
         lines = str(err).splitlines()
         reason = next((line.strip(" -") for line in lines if "argument" in line), lines[0] if lines else "")
@@ -60,20 +105,6 @@ def load_model(ckpt: str, device: str) -> AE:
             "load it with the aelight version that wrote it"
         ) from None
     return model.eval().to(device)
-
-
-def model_class_of(checkpoint: dict, ckpt: str) -> type:
-    """The aelight model class a checkpoint names (Lightning, loading through the base class, would
-    drop the class path and build a plain AE). Only classes of aelight are accepted: importing a
-    module that a file names could run code."""
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "aelight.models.AE")
-    module_name, _, name = class_path.rpartition(".")
-    if module_name.split(".")[0] != "aelight":
-        raise AelightError(f"{ckpt} names the model class {class_path!r}, which is not an aelight model")
-    model_class = getattr(importlib.import_module(module_name), name, None)
-    if not (isinstance(model_class, type) and issubclass(model_class, AE)):
-        raise AelightError(f"{ckpt} names the model class {class_path!r}, which is not an aelight model")
-    return model_class
 
 
 def data(data_dir: str, **kw) -> MNISTDataModule:
@@ -101,31 +132,31 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 2000) -
 
 
 def report_dir(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
-    """``<run>/apps/<name>`` for a checkpoint at ``<run>/checkpoints/x.ckpt``, unless ``out`` is given."""
+    """``<run>/apps/<name>`` for a checkpoint at ``<run>/checkpoints/x.ckpt``, unless ``out`` is given;
+    created and checked writable (one clear error otherwise), before the command does any work."""
     if out:
         folder = Path(out)
     elif ckpt and Path(ckpt).resolve().parent.name == "checkpoints":
         folder = Path(ckpt).resolve().parent.parent / "apps" / name
     else:
         folder = Path("lightning_logs") / "apps" / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise AelightError(f"cannot create the report folder {folder}: {err.strerror}") from None
+    safe_files.check_writable(folder, "choose another with --out DIR")
     return folder
 
 
 def write_report(folder: Path, report: dict, figures: dict) -> Path:
-    """Writes ``report.json``, each matplotlib figure as ``<name>.png``, and the figures to TensorBoard."""
+    """Writes ``report.json`` and each matplotlib figure as ``<name>.png`` (each atomically: a kill
+    leaves the previous file or the new one), and the figures to TensorBoard."""
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(folder)) as writer:
         for name, fig in figures.items():
-            fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+            with safe_files.atomic_open(folder / f"{name}.png", "wb", what="figure") as f:
+                fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
             writer.add_figure(f"apps/{folder.name}/{name}", fig)
         writer.add_text(f"apps/{folder.name}/report", "```\n" + json.dumps(report, indent=2) + "\n```")
     path = folder / "report.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    safe_files.write_text(path, json.dumps(report, indent=2) + "\n", what="report")
     print(json.dumps(report, indent=2))
     print(f"report and figures written to {folder}")
     return path

@@ -121,12 +121,12 @@ def figures(report: dict, examples: dict) -> dict:
 
 def run(args) -> dict:
     report, examples = evaluate(args)
-    common.write_report(common.report_dir(args.ckpt, "denoise", args.out), report, figures(report, examples))
+    common.write_report(args.report_folder, report, figures(report, examples))
     return report
 
 
 def main(argv=None) -> None:
-    common.run_main(run, common.base_parser(__doc__), argv)
+    common.run_main(run, common.base_parser(__doc__), argv, report="denoise")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def run(args) -> dict:
     model = common.load_model(args.ckpt, args.device)
     if not callable(getattr(model, "sample", None)):
         raise common.AelightError(f"{args.ckpt} holds a {type(model).__name__}, not a generative model (use a VAE)")
+    baseline = common.load_model(args.baseline_ckpt, args.device) if args.baseline_ckpt else None
     dm = common.data(args.data_dir, val_size=args.val_size)
     test_x, _ = common.images_and_labels(dm, "test", args.device)
     train_x, _ = common.full_training_set(dm, args.device)
@@ -77,14 +78,13 @@ def run(args) -> dict:
     test_quality, _ = quality(lambda n: test_x[:n], len(test_x), classifier, test_x, args.device)
     report["test_images_reference"] = {k: v for k, v in test_quality.items() if k != "frechet_distance"}
     baseline_samples = None
-    if args.baseline_ckpt:
-        baseline = common.load_model(args.baseline_ckpt, args.device)
+    if baseline is not None:
         sampler = gaussian_code_sampler(baseline, train_x)
         report["ae_gaussian_codes"], baseline_samples = quality(sampler, args.samples, classifier, test_x, args.device)
         report["baseline_checkpoint"] = args.baseline_ckpt
     report["samples"] = args.samples
     report["device"] = common.device_name(args.device)
-    folder = common.report_dir(args.ckpt, "generate", args.out)
+    folder = args.report_folder
     figs = {"vae_samples": grid_figure(vae_samples, "VAE prior samples")}
     if baseline_samples is not None:
         figs["ae_gaussian_code_samples"] = grid_figure(baseline_samples, "AE decoder, Gaussian-fitted codes")
@@ -116,9 +116,11 @@ def main(argv=None) -> None:
     parser = common.base_parser(__doc__)
     parser.add_argument("--baseline-ckpt", default=None, help="a plain AE checkpoint for the Gaussian-code baseline")
     parser.add_argument("--classifier", default="lightning_logs/mnist_classifier/classifier.ckpt")
-    parser.add_argument("--samples", type=int, default=10000)
-    parser.add_argument("--classifier-epochs", type=int, default=4, help="if the classifier must be trained")
-    common.run_main(run, parser, argv)
+    parser.add_argument("--samples", type=common.positive_int, default=10000)
+    parser.add_argument(
+        "--classifier-epochs", type=common.positive_int, default=4, help="if the classifier must be trained"
+    )
+    common.run_main(run, parser, argv, report="generate")
 
 
 if __name__ == "__main__":

@@ -33,17 +33,17 @@ def run(args) -> dict:
         "device": common.device_name(args.device),
         "anchors": {"IWAE paper VAE 784-200-200-50": 86.76, "IWAE k=50": 84.78, "pythae VAE": 89.78},
     }
-    common.write_report(common.report_dir(args.ckpt, "nll", args.out), report, {})
+    common.write_report(args.report_folder, report, {})
     return report
 
 
 def main(argv=None) -> None:
     parser = common.base_parser(__doc__)
-    parser.add_argument("--samples", type=int, default=5000, help="importance samples per image (k)")
-    parser.add_argument("--chunk", type=int, default=500, help="samples per decoder pass (memory bound)")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--samples", type=common.positive_int, default=5000, help="importance samples per image (k)")
+    parser.add_argument("--chunk", type=common.positive_int, default=500, help="samples per decoder pass (memory)")
+    parser.add_argument("--batch-size", type=common.positive_int, default=100)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
-    common.run_main(run, parser, argv)
+    common.run_main(run, parser, argv, report="nll")
 
 
 if __name__ == "__main__":

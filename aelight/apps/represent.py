@@ -61,7 +61,7 @@ def run_reduce(args) -> dict:
         "device": common.device_name(args.device),
     }
     report["target_met"] = report["code_size"] == 2 and report["knn5_test_accuracy"] >= 0.90
-    folder = common.report_dir(args.ckpt, "reduce", args.out)
+    folder = args.report_folder
     figs = {}
     if test_c.shape[1] == 2:
         figs["scatter"] = scatter(test_c, test_y, report["knn5_test_accuracy"])
@@ -109,7 +109,7 @@ def run_features(args) -> dict:
         "device": common.device_name(args.device),
     }
     figures = {"confusion": confusion(test_y, predicted, accuracy)}
-    common.write_report(common.report_dir(args.ckpt, "features", args.out), report, figures)
+    common.write_report(args.report_folder, report, figures)
     return report
 
 
@@ -143,10 +143,10 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):
 def main_reduce(argv=None) -> None:
     parser = common.base_parser("Dimensionality reduction: 5-NN accuracy of the codes, scatter plot, projector.")
     parser.add_argument("--projector-images", type=int, default=2000, help="test images shown in the projector")
-    common.run_main(run_reduce, parser, argv)
+    common.run_main(run_reduce, parser, argv, report="reduce")
 
 
 def main_features(argv=None) -> None:
     parser = common.base_parser("Feature extraction: logistic regression on the frozen encoder's codes.")
     parser.add_argument("--max-iter", type=int, default=1000)
-    common.run_main(run_features, parser, argv)
+    common.run_main(run_features, parser, argv, report="features")

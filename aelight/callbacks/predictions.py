@@ -5,6 +5,8 @@ import os
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from aelight.safe_files import atomic_open
+
 
 class PredictionWriter(BasePredictionWriter):
     """Saves ``predictions.pt`` (``predictions_rank{r}.pt`` per rank under DDP) in the run's log folder:
@@ -26,5 +28,6 @@ class PredictionWriter(BasePredictionWriter):
             stem, ext = os.path.splitext(name)
             name = f"{stem}_rank{trainer.global_rank}{ext}"
         self.path = os.path.join(folder, name)
-        torch.save(out, self.path)
+        with atomic_open(self.path, "wb", what="predictions") as f:  # a kill mid-write keeps the old file
+            torch.save(out, f)
         print(f"predictions written to {self.path}")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from aelight.components.mlp import activation as make_activation
-from aelight.components.mlp import logit
+from aelight.components.mlp import check_sizes, logit
 
 
 class ConvEncoder(nn.Module):
@@ -22,6 +22,7 @@ class ConvEncoder(nn.Module):
         final_activation: Optional[str] = None,
     ):
         super().__init__()
+        check_sizes("ConvEncoder", out_features=out_features, channels=list(channels), in_channels=in_channels)
         c1, c2 = channels
         self.out_features = out_features
         self.net = nn.Sequential(
@@ -52,6 +53,7 @@ class ConvDecoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
+        check_sizes("ConvDecoder", in_features=in_features, channels=list(channels), out_channels=out_channels)
         c1, c2 = channels
         self.in_features = in_features
         self.net = nn.Sequential(
@@ -88,6 +90,7 @@ class ConvMapEncoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
+        check_sizes("ConvMapEncoder", out_features=out_features, hidden_channels=list(hidden_channels))
         self.out_features = out_features
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip([in_channels, *hidden_channels], [*hidden_channels, out_features]):
@@ -105,6 +108,7 @@ class ConvMapDecoder(nn.Module):
 
     def __init__(self, in_features: int = 128, kernel_size: int = 11, out_channels: int = 1):
         super().__init__()
+        check_sizes("ConvMapDecoder", in_features=in_features, out_channels=out_channels)
         self.in_features = in_features
         self.net = nn.Sequential(nn.ConvTranspose2d(in_features, out_channels, kernel_size, padding=kernel_size // 2))
 

@@ -25,6 +25,14 @@ def activation(name: Optional[str]) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def check_sizes(owner: str, **sizes) -> None:
+    """Every layer size (an int or a list of ints) must be at least 1."""
+    for name, value in sizes.items():
+        for size in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(size, int) or size < 1:
+                raise ConfigError(f"{owner}: {name} must be at least 1 (a layer size), got {value}")
+
+
 def mlp(sizes: Sequence[int], hidden_activation: str, final_activation: Optional[str]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -48,6 +56,7 @@ class MLPEncoder(nn.Module):
         final_activation: Optional[str] = "relu",
     ):
         super().__init__()
+        check_sizes("MLPEncoder", out_features=out_features, hidden_dims=list(hidden_dims), input_shape=input_shape)
         self.out_features = out_features
         self.net = mlp([math.prod(input_shape), *hidden_dims, out_features], activation, final_activation)
 
@@ -69,6 +78,7 @@ class MLPDecoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
+        check_sizes("MLPDecoder", in_features=in_features, hidden_dims=list(hidden_dims), output_shape=output_shape)
         self.in_features = in_features
         self.output_shape = tuple(output_shape)
         self.net = mlp([in_features, *hidden_dims, math.prod(output_shape)], activation, None)

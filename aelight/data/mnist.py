@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from aelight.data.device_batches import DeviceBatches, to_float_images
-from aelight.data.idx import IDX_FILES, check_raw_folder
-from aelight.errors import DataError
+from aelight.data.idx import IDX_FILES, NUM_CLASSES, check_raw_folder
+from aelight.errors import ConfigError, DataError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
 Split = Literal["train", "val", "test"]
@@ -65,6 +65,15 @@ class MNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if dataset not in DATASETS:
             raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}")
+        if classes is not None and (not classes or any(c not in range(NUM_CLASSES) for c in classes)):
+            raise ConfigError(
+                f"data.classes must list digits from 0 to {NUM_CLASSES - 1} (the labels of {dataset}), got {classes}"
+            )
         self.data_dir, self.dataset, self.download = os.path.expanduser(data_dir), dataset, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed

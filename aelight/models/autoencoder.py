@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from aelight.checkpoint_io import SafeCheckpointIO
+from aelight import trust
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
@@ -194,12 +194,17 @@ class AE(L.LightningModule):
         set_bias = getattr(self.decoder, "set_output_bias", None)
         if stage == "fit" and self.init_output_bias and set_bias and hasattr(datamodule, "mean_image"):
             set_bias(datamodule.mean_image("train"))
-        if stage == "fit" and self.init_weights:  # before a resume's restore, which then overrides it
+
+    def on_fit_start(self) -> None:
+        # A new run starts from init_weights; a resumed one (trainer.ckpt_path set, its weights
+        # already restored) never reads that file again, so it may have been moved or deleted.
+        if self.init_weights and self.trainer.ckpt_path is None:
             self.load_init_weights(self.init_weights)
 
     def load_init_weights(self, path: str) -> None:
-        """Copies the weights of the checkpoint at ``path`` (loaded weights-only) into this model."""
-        state = SafeCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)["state_dict"]
+        """Copies the weights of the checkpoint at ``path`` (loaded weights-only, its class paths
+        checked, see aelight.trust) into this model."""
+        state = trust.load_checkpoint(path)["state_dict"]
         try:
             self.load_state_dict(state)
         except RuntimeError as err:  # missing or unexpected keys, or shapes that differ
@@ -368,10 +373,16 @@ class AE(L.LightningModule):
         return {"z": self.encode(x), "recon": self.reconstruct(x), "label": y}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        try:  # torch checks the values (a negative lr, betas outside [0, 1)...) only here
+            optimizer = self.optimizer_factory(self.parameters())
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args.optimizer: {err}") from None
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        try:
+            scheduler = self.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args.lr_scheduler: {err}") from None
         # ``monitor`` is read only by schedulers that need it (ReduceLROnPlateau).
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 

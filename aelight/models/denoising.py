@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from aelight.corruption import NoiseKind, corrupt
+from aelight.corruption import NoiseKind, check_noise, corrupt
 from aelight.models.autoencoder import AE, EVAL_STAGES, reconstruction_metrics
 
 
@@ -27,6 +27,7 @@ class DenoisingAE(AE):
         **kwargs,
     ):
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
+        check_noise(noise, noise_level)
         self.noise, self.noise_level, self.eval_noise_seed = noise, noise_level, eval_noise_seed
         self.denoise_metrics = reconstruction_metrics("denoise_")
 

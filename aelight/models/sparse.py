@@ -38,6 +38,12 @@ class SparseAE(AE):
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if penalty not in ("l1", "kl"):
             raise ConfigError(f"SparseAE: penalty must be 'l1' or 'kl', got {penalty!r}")
+        if not 0 < target_activation < 1:
+            raise ConfigError(
+                f"SparseAE: target_activation must be between 0 and 1 (a mean unit activation), got {target_activation}"
+            )
+        if weight < 0:
+            raise ConfigError(f"SparseAE: weight must be 0 or more, got {weight}")
         self.penalty, self.weight = penalty, weight
         self.target_activation, self.active_threshold = target_activation, active_threshold
 

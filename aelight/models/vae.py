@@ -40,6 +40,11 @@ class VAE(AE):
     ):
         if encoder is None:
             encoder = MLPEncoder(out_features=64, hidden_dims=[512], final_activation=None)
+        if encoder.out_features % 2 or encoder.out_features < 2:
+            raise ConfigError(
+                f"VAE: the encoder's out_features must be even and at least 2 (mean and log-variance of the "
+                f"latent), got {encoder.out_features}; set encoder.init_args.out_features to twice the latent size"
+            )
         if decoder is None:
             decoder = MLPDecoder(in_features=encoder.out_features // 2, hidden_dims=[512])
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
@@ -47,8 +52,8 @@ class VAE(AE):
             raise ConfigError(f"VAE: likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         if gaussian_std <= 0:
             raise ConfigError(f"VAE: gaussian_std must be positive, got {gaussian_std}")
-        if encoder.out_features % 2:
-            raise ConfigError("VAE: the encoder's out_features must be even (mean and log-variance)")
+        if beta < 0:
+            raise ConfigError(f"VAE: beta must be 0 or more (the weight of the KL term), got {beta}")
         if iwae_samples < 1 or test_nll_samples < 0:
             raise ConfigError("VAE: iwae_samples must be at least 1 and test_nll_samples at least 0")
         self.likelihood, self.beta, self.gaussian_std = likelihood, beta, gaussian_std

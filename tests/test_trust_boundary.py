@@ -1,0 +1,550 @@
+"""The trust boundary and hard faults, through the real commands: checkpoints that name foreign code
+import nothing, runs started together never share a folder, nothing written is ever torn, and every
+user mistake is one ``aelight: error:`` line with a non-zero exit code."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aelight.apps import anomaly, denoise, generate, nll, represent
+from aelight.cli import main
+from tests.conftest import REPO, make_mnist_root, short_run_args, write_idx
+
+BIN = Path(sys.executable).parent
+CONFIG = "--config=configs/ae.yaml"
+
+
+def aelight_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aelight", *args]
+
+
+def app_cmd(name: str, *args: str) -> list[str]:
+    return [str(BIN / f"aelight-{name}"), *args]
+
+
+def start(cmd: list[str], cwd=REPO, env=None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def run_all(cmds: list[list[str]], **kw) -> list[tuple[int, str, str]]:
+    """Runs the commands at the same time (each a fresh process) and returns (code, stdout, stderr) of each."""
+    procs = [start(c, **kw) for c in cmds]
+    return [finish(p) for p in procs]
+
+
+def assert_one_line_error(code: int, err: str, *needles: str, exit_code: int = 1) -> None:
+    assert code == exit_code, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for needle in needles:
+        assert needle in err, (needle, err[-3000:])
+
+
+def run_dirs(logs: Path, name: str) -> list[Path]:
+    return sorted(logs.glob(f"{name}/version_*"))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_data, tmp_path_factory):
+    """A 1-epoch AE run and a 1-epoch VAE run on the tiny data (their folders and checkpoints)."""
+    logs = tmp_path_factory.mktemp("trust_logs")
+    for config in ("ae", "vae"):
+        main(tiny_args(tiny_data, logs, "fit", f"--config=configs/{config}.yaml"))
+    return {
+        "logs": logs,
+        "ae": logs / "ae" / "version_0" / "checkpoints" / "best.ckpt",
+        "vae": logs / "vae" / "version_0" / "checkpoints" / "best.ckpt",
+    }
+
+
+def tiny_args(data_dir, logs, *extra, epochs: int = 1) -> list[str]:
+    return short_run_args(data_dir, logs, *extra, epochs=epochs)
+
+
+# --- a checkpoint is data, never code -----------------------------------------------------------------
+
+MARKER_MODULE = textwrap.dedent(
+    """
+    # Imported only if aelight imports a class path that a checkpoint names: it leaves a marker file.
+    import os, pathlib
+    pathlib.Path(os.environ["AELIGHT_TEST_MARKER"]).write_text("imported")
+
+    class Enc:
+        pass
+
+    def inst(*args, **kwargs):
+        pass
+    """
+)
+
+
+def plant(tmp_path: Path) -> tuple[Path, dict]:
+    """A module ``evilmark`` on sys.path (via PYTHONPATH) that writes ``marker`` when imported."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "evilmark.py").write_text(MARKER_MODULE)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": str(site), "AELIGHT_TEST_MARKER": str(marker)}
+    return marker, env
+
+
+def crafted(source: Path, dest: Path, where: str) -> Path:
+    """A copy of a real checkpoint whose hyperparameters name ``evilmark`` at ``where``."""
+    ckpt = torch.load(source, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    if where == "encoder":
+        hp["encoder"]["class_path"] = "evilmark.Enc"
+    elif where == "optimizer":
+        hp["optimizer"] = "evilmark.inst"  # a Callable-typed argument given as an import path
+    elif where == "instantiator":
+        hp["_instantiator"] = "evilmark.inst"
+    elif where == "model":
+        hp["_class_path"] = "evilmark.Enc"
+    elif where == "datamodule":
+        ckpt["datamodule_hyper_parameters"]["_instantiator"] = "evilmark.inst"
+    torch.save(ckpt, dest)
+    return dest
+
+
+APPS = {
+    "reduce": represent.main_reduce,
+    "features": represent.main_features,
+    "anomaly": anomaly.main,
+    "generate": generate.main,
+    "denoise": denoise.main,
+    "nll": nll.main,
+}
+
+
+def exit_code_and_stderr(fn, argv, capsys) -> tuple[int, str]:
+    """Runs an entry point in this process; its exit code and what it printed on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        fn(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, tiny_data, tmp_path, capsys,
+                                                                       monkeypatch):  # fmt: skip
+    marker, env = plant(tmp_path)
+    monkeypatch.syspath_prepend(env["PYTHONPATH"])
+    monkeypatch.setenv("AELIGHT_TEST_MARKER", str(marker))
+    ae = {w: crafted(fitted["ae"], tmp_path / f"ae_{w}.ckpt", w) for w in ("encoder", "optimizer", "instantiator")}
+    ae["model"] = crafted(fitted["ae"], tmp_path / "ae_model.ckpt", "model")
+    ae["datamodule"] = crafted(fitted["ae"], tmp_path / "ae_datamodule.ckpt", "datamodule")
+    vae_encoder = crafted(fitted["vae"], tmp_path / "vae_encoder.ckpt", "encoder")
+    classifier = tmp_path / "classifier.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_instantiator": "evilmark.inst"}}, classifier)
+    logs = tmp_path / "logs"
+    data = [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu", f"--out={tmp_path / 'reports'}"]
+    cases = {
+        "test encoder": (main, tiny_args(tiny_data, logs, "test", CONFIG, f"--ckpt_path={ae['encoder']}")),
+        "test instantiator": (main, tiny_args(tiny_data, logs, "test", CONFIG, f"--ckpt_path={ae['instantiator']}")),
+        "predict optimizer": (main, tiny_args(tiny_data, logs, "predict", CONFIG, f"--ckpt_path={ae['optimizer']}")),
+        "validate datamodule": (main, tiny_args(tiny_data, logs, "validate", CONFIG,
+                                                f"--ckpt_path={ae['datamodule']}")),
+        "fit resume": (main, tiny_args(tiny_data, logs, "fit", CONFIG, f"--ckpt_path={ae['model']}")),
+        "fit init_weights": (main, tiny_args(tiny_data, logs, "fit", CONFIG,
+                                             f"--model.init_args.init_weights={ae['encoder']}")),
+        "reduce": (APPS["reduce"], [f"--ckpt={ae['instantiator']}", *data]),
+        "features": (APPS["features"], [f"--ckpt={ae['model']}", *data]),
+        "denoise": (APPS["denoise"], [f"--ckpt={ae['encoder']}", *data]),
+        "nll": (APPS["nll"], [f"--ckpt={vae_encoder}", *data]),
+        "generate": (APPS["generate"], [f"--ckpt={vae_encoder}", *data]),
+        "generate baseline": (APPS["generate"], [f"--ckpt={fitted['vae']}", f"--baseline-ckpt={ae['optimizer']}",
+                                                 *data]),
+        "generate classifier": (APPS["generate"], [f"--ckpt={fitted['vae']}", f"--classifier={classifier}",
+                                                   "--samples=10", *data]),
+    }  # fmt: skip
+    for case, (fn, argv) in cases.items():
+        code, err = exit_code_and_stderr(fn, argv, capsys)
+        assert code == 1, (case, err[-2000:])
+        assert "refused" in err and "evilmark" in err and "nothing was imported" in err, (case, err[-2000:])
+        assert not marker.exists() and "evilmark" not in sys.modules, f"{case}: the planted module ran"
+    # the real command, as a process: exit 1, one line naming the file and where the class path stands
+    code, _, err = finish(start(aelight_cmd(*cases["test encoder"][1]), env=env))
+    where = "(at hyper_parameters.encoder.class_path)"
+    assert_one_line_error(code, err, f"checkpoint {ae['encoder']} refused: it names 'evilmark.Enc' {where}")
+    assert not marker.exists()
+
+
+def test_untouched_checkpoints_still_load_with_their_class_paths(fitted, tmp_path):
+    from aelight import trust
+
+    for name in ("ae", "vae"):
+        checkpoint = trust.load_checkpoint(fitted[name])
+        assert trust.model_class(checkpoint, fitted[name]).__name__ == name.upper()
+
+
+def test_a_users_own_module_can_be_trusted_explicitly(fitted, tmp_path, monkeypatch):
+    from aelight import trust
+
+    evil = crafted(fitted["ae"], tmp_path / "x.ckpt", "encoder")
+    with pytest.raises(trust.UntrustedCheckpointError):
+        trust.load_checkpoint(evil)
+    monkeypatch.setenv(trust.TRUSTED_MODULES_ENV, "evilmark")
+    assert trust.load_checkpoint(evil)["hyper_parameters"]["encoder"]["class_path"] == "evilmark.Enc"
+
+
+# --- runs never collide and never lose their record -----------------------------------------------------
+
+
+SAME_MOMENT_DRIVER = textwrap.dedent(
+    """
+    # Imports aelight, says so (touches argv[1]), waits for argv[2] to appear, then runs the command:
+    # several of these start their runs within milliseconds of each other. Creating a run folder is
+    # slowed down (as on a network file system), which widens any gap between choosing a version
+    # number and creating its folder.
+    import os, pathlib, sys, time
+    real_mkdir = os.mkdir
+
+    def slow_mkdir(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)).startswith("version_"):
+            time.sleep(0.5)
+        return real_mkdir(path, *args, **kwargs)
+
+    os.mkdir = slow_mkdir
+    from aelight.cli import main
+    pathlib.Path(sys.argv[1]).touch()
+    while not pathlib.Path(sys.argv[2]).exists():
+        time.sleep(0.001)
+    main(sys.argv[3:])
+    """
+)
+
+
+def test_four_runs_started_together_get_four_folders_and_intact_checkpoints(tiny_data, tmp_path):
+    logs, go = tmp_path / "logs", tmp_path / "go"
+    args = tiny_args(tiny_data, logs, "fit", CONFIG)
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    procs = [start([sys.executable, "-c", SAME_MOMENT_DRIVER, str(r), str(go), *args]) for r in ready]
+    deadline = time.time() + 120
+    while not all(r.exists() for r in ready) and time.time() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    results = [finish(p) for p in procs]
+    assert [r[0] for r in results] == [0, 0, 0, 0], [r[2][-2000:] for r in results]
+    dirs = run_dirs(logs, "ae")
+    assert [d.name for d in dirs] == ["version_0", "version_1", "version_2", "version_3"]
+    for d in dirs:
+        assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+        assert len(list(d.glob("events.out.tfevents.*"))) == 1
+        assert (d / "config.yaml").exists()
+
+
+def test_evaluation_commands_never_overwrite_the_training_config(tiny_data, tmp_path):
+    logs = tmp_path / "logs"
+    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml", epochs=2))
+    (run,) = run_dirs(logs, "ae")
+    training_config = (run / "config.yaml").read_text()
+    assert "max_epochs: 2" in training_config
+    main(tiny_args(tiny_data, logs, "test", "--config=configs/ae.yaml", "--ckpt_path=best", epochs=50))
+    main(tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last",
+                   "--data.predict_split=train", epochs=50))  # fmt: skip
+    assert (run / "config.yaml").read_text() == training_config
+    assert "predict_split: train" in (run / "config_predict.yaml").read_text()
+    assert "max_epochs: 50" in (run / "config_test.yaml").read_text()
+
+
+PREDICT_KILL_DRIVER = textwrap.dedent(
+    """
+    # Runs `aelight predict` with torch.save slowed: it writes, touches argv[1], then sleeps, so the
+    # test can kill it inside the write of predictions.pt for certain.
+    import pathlib, sys, time, torch
+    real_save, signal_file = torch.save, pathlib.Path(sys.argv[1])
+
+    def slow_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.flush()
+        signal_file.touch()
+        time.sleep(60)
+
+    torch.save = slow_save
+    from aelight.cli import main
+    main(sys.argv[2:])
+    """
+)
+
+
+def test_sigkill_while_writing_predictions_keeps_the_previous_file_and_a_new_run_cleans_up(tiny_data, tmp_path):
+    logs = tmp_path / "logs"
+    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml"))
+    main(tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last"))
+    (run,) = run_dirs(logs, "ae")
+    good = (run / "predictions.pt").read_bytes()
+    in_write = tmp_path / "in_write"
+    args = tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last",
+                     "--data.predict_split=val")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", PREDICT_KILL_DRIVER, str(in_write), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not in_write.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert in_write.exists(), "the predictions write was not caught in progress"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (run / "predictions.pt").read_bytes() == good  # the previous good file is untouched
+    (stale,) = run.glob(".predictions.pt.*.tmp")
+    # a stale checkpoint temporary too, and files that only look alike, which must stay
+    fake_ckpt_tmp = run / "checkpoints" / ".last.ckpt.abcd_123.tmp"
+    fake_ckpt_tmp.write_bytes(b"torn")
+    keep = [run / "notes.tmp", run / ".predictions.pt.tmp", run / "checkpoints" / ".last.ckpt.toolongname.tmp"]
+    for path in keep:
+        path.write_text("not ours")
+    main(tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last"))
+    assert not stale.exists() and not fake_ckpt_tmp.exists()
+    assert all(p.exists() for p in keep)
+    assert torch.load(run / "predictions.pt", weights_only=True)["z"].shape == (200, 32)
+
+
+def test_a_run_started_from_init_weights_resumes_without_the_source_checkpoint(tiny_data, tmp_path):
+    logs = tmp_path / "logs"
+    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml", "--trainer.logger.init_args.name=source"))
+    source = logs / "source" / "version_0" / "checkpoints" / "best.ckpt"
+    staged = ["--config=configs/ae.yaml", "--trainer.logger.init_args.name=staged",
+              f"--model.init_args.init_weights={source}"]  # fmt: skip
+    main(tiny_args(tiny_data, logs, "fit", *staged))
+    for path in source.parent.iterdir():
+        path.unlink()
+    main(tiny_args(tiny_data, logs, "fit", *staged, "--ckpt_path=last", epochs=2))
+    last = torch.load(logs / "staged" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
+
+
+# --- interruptions and faults ---------------------------------------------------------------------------
+
+
+def test_sigterm_mid_training_exits_143_and_the_run_resumes(tiny_data, tmp_path):
+    logs = tmp_path / "logs"
+    args = tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml", epochs=100000)
+    proc = start(aelight_cmd(*args))
+    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    time.sleep(0.5)  # well inside a later epoch
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, timeout=120)
+    assert_one_line_error(code, err, "stopped by SIGTERM", "--ckpt_path last", exit_code=143)
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml", "--ckpt_path=last", epochs=epoch + 2))
+    assert torch.load(last, weights_only=True)["epoch"] == epoch + 1
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 4 MB tmpfs (a real full disk or read-only file system, even for root); skipped where
+    mounting is not allowed."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)],
+                                           capture_output=True).returncode:  # fmt: skip
+        pytest.skip("needs permission to mount a tmpfs")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, small_mount):
+    logs = small_mount / "logs"
+    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml"))
+    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    with open(small_mount / "filler", "wb") as f:  # take what is left of the disk
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    code, _, err = finish(start(aelight_cmd(*tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml",
+                                                       "--ckpt_path=last", epochs=3))))  # fmt: skip
+    assert_one_line_error(code, err, "full")
+    assert last.read_bytes() == good
+    assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_evaluation_into_a_read_only_run_folder_fails_before_any_work(tiny_data, small_mount, capsys):
+    logs = small_mount / "logs"
+    main(tiny_args(tiny_data, logs, "fit", CONFIG))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    try:
+        for sub in ("test", "predict", "validate"):
+            code, err = exit_code_and_stderr(main, tiny_args(tiny_data, logs, sub, CONFIG, "--ckpt_path=best"), capsys)
+            assert code == 1 and "is not writable (Read-only file system)" in err, err
+            assert "Testing" not in err and "Predicting" not in err and "Validation" not in err
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
+
+
+def test_application_commands_check_their_output_folders_before_any_work(fitted, tiny_data, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    data = [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu"]
+    digits = ["--config=configs/anomaly/ae.yaml", "--epochs=1", "--digits", "0", "1"]
+    classifier = tmp_path / "cache" / "classifier.ckpt"
+    cases = [
+        ("anomaly", [*digits, *data, f"--out={a_file}", f"--save-dir={tmp_path / 'runs'}"]),
+        ("anomaly", [*digits, *data, f"--save-dir={a_file}"]),
+        ("generate", [f"--ckpt={fitted['vae']}", *data, f"--out={a_file}", f"--classifier={classifier}"]),
+        ("reduce", [f"--ckpt={fitted['ae']}", *data, f"--out={a_file}"]),
+    ]
+    for app, argv in cases:
+        code, err = exit_code_and_stderr(APPS[app], argv, capsys)
+        assert code == 1 and f"output folder {a_file} is not writable" in err, (app, err[-2000:])
+    assert not (tmp_path / "runs").exists() and not classifier.exists()  # nothing was trained
+
+
+# --- one line, never a traceback, for every user mistake ------------------------------------------------
+
+CONFIG_MISTAKES = {
+    "batch size 0": (["--data.batch_size=0"], "data.batch_size must be at least 1"),
+    "negative batch size": (["--data.batch_size=-4"], "data.batch_size must be at least 1"),
+    "eval batch size 0": (["--data.eval_batch_size=0"], "data.eval_batch_size must be at least 1"),
+    "negative lr": (["--model.init_args.optimizer.init_args.lr=-1"], "Invalid learning rate: -1"),
+    "max_epochs below -1": (["--trainer.max_epochs=-5"], "`max_epochs` must be a non-negative integer or -1"),
+    "decoder does not fit the encoder": (
+        ["--model.init_args.decoder.init_args.in_features=16"],
+        "the decoder takes codes of size 16 but the encoder gives 32",
+    ),
+    "steps_per_batch 0": (["--model.init_args.steps_per_batch=0"], "steps_per_batch must be at least 1"),
+    "latent size 0": (
+        ["--model.init_args.encoder.init_args.out_features=0", "--model.init_args.decoder.init_args.in_features=0"],
+        "MLPEncoder: out_features must be at least 1",
+    ),
+    "unknown digits in classes": (["--data.classes=[3, 12]"], "data.classes must list digits from 0 to 9"),
+    "odd VAE encoder": (
+        ["--config=configs/vae.yaml", "--model.init_args.encoder.init_args.out_features=63"],
+        "VAE: the encoder's out_features must be even",
+    ),
+    "negative beta": (["--config=configs/vae.yaml", "--model.init_args.beta=-1"], "VAE: beta must be 0 or more"),
+    "negative gaussian_std": (
+        ["--config=configs/vae.yaml", "--model.init_args.gaussian_std=-1"],
+        "VAE: gaussian_std must be positive",
+    ),
+    "negative noise": (
+        ["--config=configs/denoising.yaml", "--model.init_args.noise_level=-0.1"],
+        "noise_level must be between 0 and 1",
+    ),
+    "noise above 1": (
+        ["--config=configs/denoising.yaml", "--model.init_args.noise=masking", "--model.init_args.noise_level=1.5"],
+        "noise_level must be between 0 and 1",
+    ),
+    "sparsity target 1.5": (
+        ["--config=configs/sparse_kl.yaml", "--model.init_args.target_activation=1.5"],
+        "target_activation must be between 0 and 1",
+    ),
+    "sparsity target 0": (
+        ["--config=configs/sparse_kl.yaml", "--model.init_args.target_activation=0"],
+        "target_activation must be between 0 and 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_MISTAKES))
+def test_config_mistakes_are_one_line_and_exit_1(case, tiny_data, tmp_path, capsys):
+    extra, message = CONFIG_MISTAKES[case]
+    config = [] if any(a.startswith("--config") for a in extra) else ["--config=configs/ae.yaml"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*tiny_args(tiny_data, tmp_path / "logs", "fit", *config), *extra])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "aelight: error: " in err and message in err, err[-3000:]
+    assert len([line for line in err.splitlines() if line.startswith("aelight: error:")]) == 1
+    for run in (tmp_path / "logs").glob("*/version_*"):  # a failed start leaves no empty run folder
+        assert any(run.iterdir()), run
+
+
+def test_config_mistakes_in_a_real_process_have_no_traceback(tiny_data, tmp_path):
+    cases = ["decoder does not fit the encoder", "negative lr"]  # wrapped by jsonargparse; raised inside fit
+    cmds = [aelight_cmd(*tiny_args(tiny_data, tmp_path / "logs", "fit", CONFIG), *CONFIG_MISTAKES[c][0]) for c in cases]
+    for case, (code, _, err) in zip(cases, run_all(cmds)):
+        assert_one_line_error(code, err, CONFIG_MISTAKES[case][1])
+        assert [line for line in err.splitlines() if "error" in line.lower()] == [
+            line for line in err.splitlines() if line.startswith("aelight: error: ")
+        ], (case, err)
+        assert len([line for line in err.splitlines() if line.startswith("aelight: error: ")]) == 1, (case, err)
+
+
+def bad_data(tmp_path, kind: str) -> Path:
+    root = make_mnist_root(tmp_path / kind, n_train=300, n_test=100)
+    raw = root / "MNIST" / "raw"
+    if kind == "27x27 images":
+        write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((100, 27, 27), np.uint8))
+    elif kind == "label 11":
+        labels = np.zeros(100, np.uint8)
+        labels[7] = 11
+        write_idx(raw / "t10k-labels-idx1-ubyte", labels)
+    elif kind == "no images":
+        write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+        write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("27x27 images", "t10k-images-idx3-ubyte: images are 27x27 pixels"),
+        ("label 11", "t10k-labels-idx1-ubyte: label 11 at position 7 is outside 0..9"),
+        ("no images", "t10k-images-idx3-ubyte: the file holds no images"),
+    ],
+)
+def test_malformed_idx_files_are_named(kind, message, tmp_path, capsys):
+    data = bad_data(tmp_path, kind)
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_args(data, tmp_path / "logs", "fit", "--config=configs/ae.yaml"))
+    assert exit_.value.code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_whose_weights_do_not_fit_is_one_line(fitted, tiny_data, tmp_path, capsys):
+    ckpt = torch.load(fitted["ae"], weights_only=True)
+    wrong_shape, wrong_keys = dict(ckpt), dict(ckpt)
+    wrong_shape["state_dict"] = {**ckpt["state_dict"], "encoder.net.0.weight": torch.zeros(16, 784)}
+    wrong_keys["state_dict"] = {k.replace("encoder.", "enc."): v for k, v in ckpt["state_dict"].items()}
+    for name, bad, message in (
+        ("shape", wrong_shape, "encoder.net.0.weight has shape [16, 784] there but [32, 784] in the model"),
+        ("keys", wrong_keys, "it lacks encoder.net.0.weight"),
+    ):
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(bad, path)
+        with pytest.raises(SystemExit) as exit_:
+            main(tiny_args(tiny_data, tmp_path / "logs", "test", "--config=configs/ae.yaml", f"--ckpt_path={path}"))
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert f"checkpoint {path}: its weights do not fit the AE it describes" in err and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_settings_on_a_machine_without_a_gpu_are_one_line(fitted, tiny_data, tmp_path, capsys):
+    gpu_config = tiny_args(tiny_data, tmp_path / "logs", "fit", CONFIG, "--config=configs/trainer/gpu_bf16.yaml")
+    code, err = exit_code_and_stderr(main, gpu_config, capsys)
+    assert code == 1 and "no usable GPU" in err and "configs/trainer/cpu.yaml" in err, err
+    code, err = exit_code_and_stderr(APPS["reduce"], [f"--ckpt={fitted['ae']}", "--device=cuda"], capsys)
+    assert code == 1 and "--device cuda: this machine has no usable CUDA GPU" in err, err
+
+
+def test_application_option_mistakes_exit_2_with_the_parsers_message(fitted, tiny_data, capsys):
+    data = [f"--data-dir={tiny_data}", "--device=cpu"]
+    for app, argv in (
+        ("anomaly", ["--config=configs/anomaly/ae.yaml", "--percentile=150", *data]),
+        ("anomaly", ["--config=configs/anomaly/ae.yaml", "--percentile=-1", *data]),
+        ("nll", [f"--ckpt={fitted['vae']}", "--samples=0", *data]),
+    ):
+        code, err = exit_code_and_stderr(APPS[app], argv, capsys)
+        assert code == 2 and "error: argument" in err and "must be" in err, err
