@@ -34,6 +34,7 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by
 # the same command line (they must log into the same folder, not claim their own).
 RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"
 _claimed_run_dirs: list[str] = []  # removed again if the command fails before writing anything there
+_output_folder: list[str] = []  # the run folder of the command under way, named if its disk fills up
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -43,9 +44,12 @@ class RunConfigSaver(SaveConfigCallback):
     Written atomically, on rank 0 only. The file is a config: code-equivalent input (its class
     paths name code to run), to be trusted like a script."""
 
-    def __init__(self, parser, config, **kwargs):
+    def __init__(self, parser, config, claimed_version: bool = False, **kwargs):
         kwargs["save_to_log_dir"] = False  # save_config below does it, never overwriting fit's file
         super().__init__(parser, config, **kwargs)
+        # A version number aelight chose is not part of the config: running the saved file again
+        # starts a new run instead of writing into this one.
+        self.claimed_version = claimed_version
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         logger = trainer.logger
@@ -54,7 +58,11 @@ class RunConfigSaver(SaveConfigCallback):
         name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
         if stage == "fit" and os.path.exists(os.path.join(folder, name)):
             name = "config_resumed.yaml"
-        text = self.parser.dump(self.config, skip_none=False)
+        config = self.config
+        if self.claimed_version:
+            config = config.clone()
+            config.trainer.logger.init_args.version = None
+        text = self.parser.dump(config, skip_none=False)
         safe_files.write_text(os.path.join(folder, name), text, what="config")
 
 
@@ -129,9 +137,11 @@ class AELightCLI(LightningCLI):
         run_root = os.path.join(save_dir, logger.init_args.name)
         if logger.init_args.get("version") is None:
             logger.init_args.version = _run_version(run_root)
+            self.save_config_kwargs = {**self.save_config_kwargs, "claimed_version": True}
         version = logger.init_args.version
         run_dir = os.path.join(run_root, version if isinstance(version, str) else f"version_{version}")
         safe_files.check_writable(run_dir, WRITABLE_HINT)
+        _output_folder[:] = [run_dir]
 
     def _before_run(self) -> None:
         """Before any command runs: stale temporaries of a killed run are removed from its folders,
@@ -306,11 +316,12 @@ def user_error(err: BaseException) -> Optional[str]:
         if isinstance(err, AelightError):
             return str(err)
         if isinstance(err, OSError) and err.errno in (*safe_files.NO_SPACE, errno.EROFS):
-            where = f" ({err.filename})" if err.filename else ""
+            where = err.filename or (_output_folder[0] if _output_folder else None)
             reason = "the disk is full" if err.errno in safe_files.NO_SPACE else "the file system is read-only"
             return (
-                f"could not write the run's output{where}: {reason}; checkpoints written before are intact. "
-                "Free space or choose another folder with --trainer.logger.init_args.save_dir DIR"
+                f"could not write the run's output{f' in {where}' if where else ''}: {reason}; checkpoints "
+                "written before are intact. Free space or choose another folder with "
+                "--trainer.logger.init_args.save_dir DIR"
             )
         if isinstance(err, MisconfigurationException):
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -337,6 +348,7 @@ _default_thread_excepthook = threading.excepthook
 
 def main(args: Optional[list] = None) -> None:
     _claimed_run_dirs.clear()
+    _output_folder.clear()
     threading.excepthook = _quiet_output_errors_in_threads
     try:
         build_cli(args)

@@ -251,6 +251,7 @@ def test_evaluation_commands_never_overwrite_the_training_config(tiny_data, tmp_
     (run,) = run_dirs(logs, "ae")
     training_config = (run / "config.yaml").read_text()
     assert "max_epochs: 2" in training_config
+    assert "version: null" in training_config  # run again, the saved config starts a new run
     main(tiny_args(tiny_data, logs, "test", "--config=configs/ae.yaml", "--ckpt_path=best", epochs=50))
     main(tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last",
                    "--data.predict_split=train", epochs=50))  # fmt: skip
@@ -374,7 +375,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, smal
             pass
     code, _, err = finish(start(aelight_cmd(*tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml",
                                                        "--ckpt_path=last", epochs=3))))  # fmt: skip
-    assert_one_line_error(code, err, "full")
+    assert_one_line_error(code, err, "the disk is full", str(logs / "ae" / "version_0"))
     assert last.read_bytes() == good
     assert not list(last.parent.glob(".*.tmp"))
 

@@ -141,6 +141,7 @@ def report_dir(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
     else:
         folder = Path("lightning_logs") / "apps" / name
     safe_files.check_writable(folder, "choose another with --out DIR")
+    safe_files.remove_stale_temporaries(folder)  # left by a command killed while writing its report
     return folder
 
 
