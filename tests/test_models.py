@@ -170,3 +170,40 @@ def test_output_bias_starts_the_decoder_at_the_mean_image():
     conv = ConvDecoder(8)
     conv.set_output_bias(mean)
     assert torch.allclose(torch.sigmoid(conv.net[-1].bias), mean.mean().reshape(1), atol=1e-5)
+
+
+def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_encoder_jacobian(batch):
+    from aelight.models.contractive import jacobian_frobenius_sq
+
+    torch.manual_seed(0)
+    linear = MLPEncoder(out_features=8, final_activation=None)  # f(x) = W x + b: J = W everywhere
+    assert torch.allclose(jacobian_frobenius_sq(linear, batch), linear.net[0].weight.pow(2).sum(), rtol=1e-5)
+    sigmoid = MLPEncoder(out_features=8, final_activation="sigmoid")  # J = diag(h (1 - h)) W
+    w = sigmoid.net[0].weight
+    h = sigmoid(batch)
+    closed_form = ((h * (1 - h)).pow(2) @ w.pow(2).sum(1)).mean()
+    penalty = jacobian_frobenius_sq(sigmoid, batch)
+    assert torch.allclose(penalty, closed_form, rtol=1e-5)
+    # differentiable in the weights: the gradient of ||W||_F^2 is 2 W
+    jacobian_frobenius_sq(linear, batch).backward()
+    assert torch.allclose(linear.net[0].weight.grad, 2 * linear.net[0].weight, rtol=1e-5)
+
+
+def test_contractive_ae_learns_and_contracts(batch):
+    from aelight.models import ContractiveAE
+
+    def model(contraction):
+        torch.manual_seed(0)
+        encoder = MLPEncoder(out_features=16, final_activation="sigmoid")
+        return ContractiveAE(encoder, MLPDecoder(in_features=16), contraction=contraction)
+
+    plain, contractive = model(0.0), model(0.1)
+    before, after = train_steps(contractive, batch, 150)
+    assert after < 0.7 * before
+    train_steps(plain, batch, 150)
+    with torch.no_grad():
+        terms = contractive.loss_terms(batch, contractive(batch))
+        plain_jacobian = plain.loss_terms(batch, plain(batch))["jacobian_norm_sq"]
+    expected = (terms["recon"] + 0.1 * terms["jacobian_norm_sq"]).item()
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["jacobian_norm_sq"] < 0.5 * plain_jacobian  # the penalty keeps the encoder flat around the data
