@@ -1,11 +1,11 @@
-"""Side-by-side benchmark: the seed's training loop verbatim vs aelight's ``fit`` of the same model.
+"""Side-by-side benchmark: the reference PyTorch training loop verbatim vs aelight's ``fit`` of the same model.
 
-Both run in ONE process on one device, alternating epoch by epoch (the seed's epoch runs between
+Both run in ONE process on one device, alternating epoch by epoch (the reference loop's epoch runs between
 two aelight epochs, outside aelight's timed window), so machine noise hits both alike.
 Printed per epoch: time, samples/s, the ratio aelight/seed and the test MSE of each in pixel space.
 
-    python scripts/bench.py --data-dir ../shared/data --epochs 3            # configs/ae.yaml, CPU or GPU
-    python scripts/bench.py --data-dir ../shared/data --epochs 3 --json     # machine-readable
+    python scripts/bench.py --data-dir data/ --epochs 3            # configs/ae.yaml, CPU or GPU
+    python scripts/bench.py --data-dir data/ --epochs 3 --json     # machine-readable
 
 The seed normalises pixels to [-1, 1] in front of a sigmoid decoder; its test MSE is reported in
 pixel space ([0, 1]), i.e. its normalised-space MSE divided by 4, as the issue measured it.
@@ -29,7 +29,7 @@ from aelight.cli import build_cli  # noqa: E402
 from aelight.data.device_batches import to_float_images  # noqa: E402
 
 
-# --- the seed's code, verbatim except that paths and device are parameters ------------------------
+# --- the reference PyTorch code, verbatim except that paths and device are parameters ------------------------
 class Autoencoder(nn.Module):
     def __init__(self, input_size=784, latent_size=32):
         super(Autoencoder, self).__init__()
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     parser.add_argument("--precision", default="32-true", help="aelight's trainer precision, e.g. bf16-mixed")
     parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--config", default="configs/ae.yaml", help="aelight's experiment config (the seed's model)")
+    parser.add_argument("--config", default="configs/ae.yaml", help="aelight's experiment config (the reference model)")
     parser.add_argument("--steps-per-batch", type=int, default=None, help="override the config's steps_per_batch")
     parser.add_argument("--compile-step", action="store_true", help="torch.compile aelight's training step")
     parser.add_argument("--cuda-graph", action="store_true", help="replay aelight's training step as a CUDA graph")

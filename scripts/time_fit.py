@@ -1,7 +1,7 @@
 """Times a whole ``aelight fit`` (training and the validation pass of every epoch), then tests the best
 checkpoint, and prints one JSON object: the seconds ``Trainer.fit`` took and the test metrics.
 
-    python scripts/time_fit.py -c configs/ae.yaml -c configs/trainer/gpu_bf16.yaml --data.data_dir ../shared/data
+    python scripts/time_fit.py -c configs/ae.yaml -c configs/trainer/gpu_bf16.yaml --data.data_dir data/
 
 Any ``aelight fit`` argument works; logs go to ``--trainer.logger.init_args.save_dir`` as usual.
 """
