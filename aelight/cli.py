@@ -24,6 +24,7 @@ from aelight import safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
 from aelight.checkpoint_io import SafeCheckpointIO
 from aelight.data import MNISTDataModule
+from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
 from aelight.models import AE
 
@@ -94,6 +95,11 @@ class AELightCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ResumableRNG, "rng")
+        # How optimizer steps are taken (aelight/engine.py): its own key, one owner of
+        # steps_per_batch, handed to the data module, which serves that many batches at once.
+        parser.add_lightning_class_args(TrainingEngine, "engine")
+        parser.set_defaults({"engine.steps_per_batch": 8})
+        parser.link_arguments("engine.steps_per_batch", "data.steps_per_batch")
         parser.set_defaults({"model": {"class_path": "aelight.models.AE"}})
 
     def _subcommand_config(self):
@@ -120,9 +126,25 @@ class AELightCLI(LightningCLI):
             cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if _is_tensorboard(logger) else None)
             checkpoint = trust.load_checkpoint(cfg.ckpt_path, weights_only=cfg.weights_only)
             self._checkpoint_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()}
-            if not cfg.weights_only:
-                return  # Lightning's hyperparameter read is weights-only and would refuse the file
-        super()._parse_ckpt_path()
+            self._config_from_checkpoint(subcommand, checkpoint)
+
+    def _config_from_checkpoint(self, subcommand: str, checkpoint: dict) -> None:
+        """What LightningCLI does with a checkpoint's hyperparameters (the model's arguments of a
+        resumed run come from the file), less the speed settings that old checkpoints kept there
+        (now the engine's, set by the command line)."""
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        for key in LEGACY_MODEL_KEYS:
+            hparams.pop(key, None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("aelight: the model arguments in the checkpoint do not fit this version of aelight\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         # Every command that writes checks its output folder before any work, and a new run claims
@@ -165,27 +187,6 @@ class AELightCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._before_run()
-        # With several optimizer steps per batch (steps_per_batch > 1) the model steps its optimizer
-        # itself, and Lightning refuses its trainer-level clipping and accumulation for such models.
-        model, trainer = self.model, self.trainer
-        if model.automatic_optimization:
-            return
-        if trainer.accumulate_grad_batches != 1:
-            # steps_per_batch > 1 or cuda_graph: true (on in configs/trainer/gpu_bf16.yaml) make the model step itself
-            option, wanted, now = (
-                ("steps_per_batch", 1, model.steps_per_batch)
-                if model.steps_per_batch > 1
-                else ("cuda_graph", "false", "true")
-            )
-            raise AelightError(
-                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} needs "
-                f"model.init_args.{option}: {wanted} (it is {now}); set "
-                f"--model.init_args.{option} {wanted}, or raise data.batch_size instead of accumulating"
-            )
-        if trainer.gradient_clip_val:  # the model clips before each of its steps, as Lightning would
-            algorithm = trainer.gradient_clip_algorithm
-            model.gradient_clipping = (trainer.gradient_clip_val, algorithm.value if algorithm else None)
-            trainer.gradient_clip_val = None
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

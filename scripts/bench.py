@@ -27,6 +27,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
 from aelight.data.device_batches import to_float_images  # noqa: E402
+from aelight.engine import TrainingEngine  # noqa: E402
 
 
 # --- the reference PyTorch code, verbatim except that paths and device are parameters ------------------------
@@ -149,9 +150,9 @@ def main() -> None:
         enable_model_summary=False,
     )
     device = trainer.strategy.root_device
-    overrides = [f"--model.init_args.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
-    overrides += ["--model.init_args.compile_step=true"] if args.compile_step else []
-    overrides += ["--model.init_args.cuda_graph=true"] if args.cuda_graph else []
+    overrides = [f"--engine.steps_per_batch={args.steps_per_batch}"] if args.steps_per_batch else []
+    overrides += ["--engine.compile_step=true"] if args.compile_step else []
+    overrides += ["--engine.cuda_graph=true"] if args.cuda_graph else []
     sys.argv = sys.argv[:1]  # the CLI reads only the arguments below (it warns when both are given)
     cli = build_cli(
         [
@@ -164,6 +165,8 @@ def main() -> None:
         run=False,
     )
     model, dm = cli.model, cli.datamodule
+    (engine,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TrainingEngine)]  # the config's engine
+    trainer.callbacks.append(engine)
     dm.setup("fit")
     test_images = to_float_images(dm.split_tensors("test")[0].to(device))
     rows = []
@@ -192,10 +195,10 @@ def main() -> None:
         "lightning": L.__version__,
         "precision": args.precision,
         "config": args.config,
-        "steps_per_batch": model.steps_per_batch,
-        "compile_step": model.compile_step,
-        "cuda_graph": model._graphed_step is not None,
-        "cuda_graph_replays": model._graphed_step.replays if model._graphed_step is not None else 0,
+        "steps_per_batch": engine.steps_per_batch,
+        "compile_step": engine.compile_step,
+        "cuda_graph": engine.graphed_step is not None,
+        "cuda_graph_replays": engine.graphed_step.replays if engine.graphed_step is not None else 0,
         "epochs": rows,
         "median_speedup_epoch_time": median("speedup_epoch_time"),
         "median_speedup_samples_per_s": median("speedup_samples_per_s"),

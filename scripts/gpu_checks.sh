@@ -49,6 +49,6 @@ step fit_fp32.json "${fit[@]}" --trainer.logger.init_args.name fp32
 step fit_bf16.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
   --trainer.logger.init_args.name bf16
 step fit_bf16_graph.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
-  --model.init_args.cuda_graph true --trainer.logger.init_args.name bf16_graph
+  --engine.cuda_graph true --trainer.logger.init_args.name bf16_graph
 step fit_bf16_graph_spb32.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
-  --model.init_args.cuda_graph true --model.init_args.steps_per_batch 32 --trainer.logger.init_args.name bf16_graph_spb32
+  --engine.cuda_graph true --engine.steps_per_batch 32 --trainer.logger.init_args.name bf16_graph_spb32

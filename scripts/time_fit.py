@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
+from aelight.engine import TrainingEngine  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +28,8 @@ def main() -> None:
     fit_s = time.perf_counter() - start
     (test,) = trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
     device = trainer.strategy.root_device
-    graphed = getattr(model, "_graphed_step", None)
+    (engine,) = [cb for cb in trainer.callbacks if isinstance(cb, TrainingEngine)]
+    graphed = engine.graphed_step
     print(
         json.dumps(
             {

@@ -114,7 +114,7 @@ def test_resume_from_last_continues_in_the_same_run(cli_args, tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] == 0
     run(cli_args("fit", "--config=configs/ae.yaml", "--ckpt_path=last", epochs=3))
     ckpt = torch.load(last, weights_only=True)
-    # 2 Lightning batches of 8 optimizer steps (configs/ae.yaml: steps_per_batch 8) per epoch
+    # 2 Lightning batches of 8 optimizer steps (the engine's default steps_per_batch) per epoch
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * 2 * 8
     assert len(glob.glob(str(tmp_path / "logs" / "ae" / "version_*"))) == 1
 
@@ -222,7 +222,7 @@ def test_init_weights_starts_a_new_run_from_a_checkpoints_weights(cli_args, tmp_
     assert f"init_weights {source}: its weights do not fit this VAE" in err and "Traceback" not in err
 
 
-def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, tmp_path):
+def test_checkpoints_that_kept_speed_settings_among_the_model_arguments_still_load(cli_args, tmp_path, capsys):
     from aelight.apps.common import load_model
     from aelight.errors import AelightError
 
@@ -230,12 +230,14 @@ def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, t
     (last,) = [c for c in checkpoints(tmp_path, "vae") if c.endswith("last.ckpt")]
     ckpt = torch.load(last, weights_only=True)
     hparams = ckpt["hyper_parameters"]
-    for name in ("compile_step", "init_weights", "compile_networks"):  # as written before those existed
-        hparams.pop(name, None)
-    hparams["compile_networks"] = True
+    hparams.pop("init_weights")  # as written before it existed, with the engine's settings of that time
+    hparams.update(steps_per_batch=8, compile_step=False, cuda_graph=False, compile_networks=True)
     torch.save(ckpt, tmp_path / "old.ckpt")
     model = load_model(str(tmp_path / "old.ckpt"), "cpu")
-    assert model.compile_step and torch.equal(model.encoder.net[0].weight, ckpt["state_dict"]["encoder.net.0.weight"])
+    assert type(model).__name__ == "VAE"
+    assert torch.equal(model.encoder.net[0].weight, ckpt["state_dict"]["encoder.net.0.weight"])
+    run(cli_args("test", "--config=configs/vae.yaml", f"--ckpt_path={tmp_path / 'old.ckpt'}"))
+    assert "test/elbo" in capsys.readouterr().out
 
     hparams["an_option_from_elsewhere"] = 1  # a checkpoint that does not fit: one message, no traceback
     torch.save(ckpt, tmp_path / "other.ckpt")
@@ -244,8 +246,8 @@ def test_checkpoints_with_the_earlier_compile_option_name_still_load(cli_args, t
 
 
 def test_trainer_gradient_clipping_applies_to_models_stepping_several_times_a_batch(cli_args, tmp_path):
-    # Lightning refuses trainer-level clipping for a model that steps its own optimizer
-    # (steps_per_batch 8 in configs/ae.yaml); aelight hands it to the model, which clips every step.
+    # Lightning refuses trainer-level clipping for manual optimization; aelight's training engine
+    # (8 steps per Lightning batch by default) clips before each of its steps instead.
     # Plain SGD so that clipping shows in the update size (Adam would rescale the clipped gradient).
     runs = {
         "start": ["--model.init_args.optimizer.init_args.lr=0"],
@@ -269,14 +271,14 @@ def test_gradient_accumulation_with_several_steps_a_batch_is_a_clear_error(cli_a
         run(cli_args("fit", "--config=configs/ae.yaml", "--trainer.accumulate_grad_batches=2"))
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert "accumulate_grad_batches=2 needs model.init_args.steps_per_batch: 1" in err and "Traceback" not in err
+    assert "accumulate_grad_batches=2 needs engine.steps_per_batch: 1" in err and "Traceback" not in err
 
 
 def test_gradient_accumulation_with_cuda_graph_names_cuda_graph(cli_args, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run(cli_args("fit", "--config=configs/ae.yaml", "--model.init_args.steps_per_batch=1",
-                     "--model.init_args.cuda_graph=true", "--trainer.accumulate_grad_batches=2"))  # fmt: skip
+        run(cli_args("fit", "--config=configs/ae.yaml", "--engine.steps_per_batch=1",
+                     "--engine.cuda_graph=true", "--trainer.accumulate_grad_batches=2"))  # fmt: skip
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert "accumulate_grad_batches=2 needs model.init_args.cuda_graph: false (it is true)" in err, err
+    assert "accumulate_grad_batches=2 needs engine.cuda_graph: false" in err, err
     assert "Traceback" not in err

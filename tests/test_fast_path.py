@@ -11,13 +11,18 @@ import torch
 
 from aelight.corruption import corrupt
 from aelight.data import MNISTDataModule
+from aelight.engine import TrainingEngine
 from aelight.models import AE, DenoisingAE
 from tests.conftest import REPO
 
 
-def fit_and_test(tiny_data, model, epochs=3, **data_kw) -> tuple[float, int]:
+def fit_and_test(tiny_data, model, epochs=3, engine=None, **data_kw) -> tuple[float, int]:
+    """Fit then test; with a TrainingEngine, the data module serves its steps_per_batch batches at once."""
     L.seed_everything(0)
-    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32, **data_kw)
+    steps = engine.steps_per_batch if engine is not None else 1
+    dm = MNISTDataModule(
+        data_dir=str(tiny_data), download=False, val_size=100, batch_size=32, steps_per_batch=steps, **data_kw
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -25,6 +30,7 @@ def fit_and_test(tiny_data, model, epochs=3, **data_kw) -> tuple[float, int]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[engine] if engine is not None else [],
     )
     trainer.fit(model, datamodule=dm)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
@@ -41,8 +47,8 @@ def test_fast_and_standard_paths_agree_within_noise(tiny_data):
 
 
 def test_several_steps_per_lightning_batch_take_the_same_optimizer_steps(tiny_data):
-    one, steps_one = fit_and_test(tiny_data, AE(steps_per_batch=1))
-    four, steps_four = fit_and_test(tiny_data, AE(steps_per_batch=4))
+    one, steps_one = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=1))
+    four, steps_four = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=4))
     assert steps_one == 3 * 16 and steps_four == 3 * 4 * 4  # 4 Lightning batches of 4 x 32 (last: 116 in 4)
     assert abs(one - four) / one < 0.15, (one, four)
 
@@ -51,7 +57,9 @@ def test_manual_steps_stop_on_a_bad_setting():
     from aelight.errors import ConfigError
 
     with pytest.raises(ConfigError, match="steps_per_batch"):
-        AE(steps_per_batch=0)
+        TrainingEngine(steps_per_batch=0)
+    with pytest.raises(ConfigError, match="steps_per_batch"):
+        MNISTDataModule(steps_per_batch=0)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "masking", "salt_and_pepper"])
@@ -94,10 +102,10 @@ def test_benchmark_script_runs_end_to_end_on_tiny_data(tiny_data):
 
 def test_compiled_step_matches_the_eager_step_and_keeps_checkpoint_names(tiny_data):
     torch.manual_seed(0)
-    compiled = AE(compile_step=True)
+    compiled, engine = AE(), TrainingEngine(compile_step=True)
     names = set(compiled.state_dict())
-    mse, steps = fit_and_test(tiny_data, compiled, epochs=1)
-    assert compiled._compiled_training_terms is not None  # fit trained through torch.compile
+    mse, steps = fit_and_test(tiny_data, compiled, epochs=1, engine=engine)
+    assert engine._terms_fn is not compiled.training_terms  # fit trained through torch.compile
     torch.manual_seed(0)
     eager_mse, _ = fit_and_test(tiny_data, AE(), epochs=1)
     assert steps == 16 and abs(mse - eager_mse) / eager_mse < 0.002, (mse, eager_mse)  # same start, same math
@@ -122,13 +130,14 @@ def test_direct_steps_only_where_no_hook_listens_with_the_same_result_and_step_c
     hooks = StepHooks()
     for name, callbacks in (("direct", []), ("hooked", [hooks])):
         torch.manual_seed(0)
-        model = AE(steps_per_batch=4)
+        model, engine = AE(), TrainingEngine(steps_per_batch=4)
         L.seed_everything(0)
-        dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32)
+        dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32, steps_per_batch=4)
         trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[engine, *callbacks])  # fmt: skip
         trainer.fit(model, datamodule=dm)
-        weights[name], direct[name], steps[name] = model.state_dict(), model.direct_steps, trainer.global_step
+        weights[name], direct[name], steps[name] = model.state_dict(), engine.direct_steps, trainer.global_step
     assert direct == {"direct": True, "hooked": False}
     assert steps == {"direct": 16, "hooked": 16}  # direct steps are counted like Lightning's
     assert hooks.backward_calls == hooks.optimizer_step_calls == 16  # every step reached the hooks
@@ -142,11 +151,12 @@ def test_training_loss_logged_per_epoch_is_the_mean_over_every_step(tiny_data):
             self.seen.append((terms["loss"].item(), len(x)))
             return terms
 
-    model = Recorder(steps_per_batch=4)
+    model = Recorder()
     model.seen = []
-    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=99, batch_size=32)
+    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=99, batch_size=32, steps_per_batch=4)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TrainingEngine(steps_per_batch=4)])  # fmt: skip
     trainer.fit(model, datamodule=dm)
     assert len(model.seen) == 16 and sorted({n for _, n in model.seen}) == [29, 30, 32]  # last batch: 117 in 4
     mean = sum(loss * n for loss, n in model.seen) / sum(n for _, n in model.seen)
@@ -156,9 +166,9 @@ def test_training_loss_logged_per_epoch_is_the_mean_over_every_step(tiny_data):
 def test_cuda_graph_option_without_a_gpu_warns_and_trains_as_without_it(tiny_data):
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="cuda_graph: true needs one CUDA device"):
-        graphed, steps = fit_and_test(tiny_data, AE(cuda_graph=True, steps_per_batch=4))
+        graphed, steps = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=4, cuda_graph=True))
     torch.manual_seed(0)
-    eager, _ = fit_and_test(tiny_data, AE(steps_per_batch=4))
+    eager, _ = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=4))
     assert steps == 3 * 4 * 4 and graphed == eager
 
 

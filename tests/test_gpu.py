@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from aelight.cli import build_cli
 from aelight.cuda_graph import GraphedStep
 from aelight.data import MNISTDataModule
+from aelight.engine import TrainingEngine
 from aelight.models import AE, VAE
 from tests.test_cli import CONFIGS
 
@@ -24,7 +25,7 @@ def seed_model_and_adam(lr=1e-3):
 
 
 def step_fn(model, optimizer):
-    def step(x):  # two optimizer steps on the two halves of x, as AE._train_batch does
+    def step(x):  # two optimizer steps on the two halves of x, as TrainingEngine._take_steps does
         losses = []
         for half in x.tensor_split(2):
             optimizer.zero_grad(set_to_none=True)
@@ -79,11 +80,15 @@ def test_a_failed_capture_goes_on_eagerly_and_random_draws_still_work():
     assert torch.isfinite(values).all() and torch.isfinite(torch.randn(4, device="cuda")).all()
 
 
-def fit(tmp_data, model, precision="32-true", epochs=2):
+def fit(tmp_data, model, precision="32-true", epochs=2, engine=None):
+    """Fit and test on the GPU with ``engine`` (default: 4 eager steps per Lightning batch)."""
+    engine = engine or TrainingEngine(steps_per_batch=4)
     L.seed_everything(0)
-    dm = MNISTDataModule(data_dir=str(tmp_data), download=False, val_size=100, batch_size=32)
+    dm = MNISTDataModule(data_dir=str(tmp_data), download=False, val_size=100, batch_size=32,
+                         steps_per_batch=engine.steps_per_batch)  # fmt: skip
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_epochs=epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[engine])  # fmt: skip
     trainer.fit(model, datamodule=dm)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     return result, trainer.global_step
@@ -92,22 +97,22 @@ def fit(tmp_data, model, precision="32-true", epochs=2):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_cuda_graph_fit_matches_the_eager_fit(tiny_data, precision):
     torch.manual_seed(0)
-    graphed_model = AE(steps_per_batch=4, cuda_graph=True)
-    graphed, steps = fit(tiny_data, graphed_model, precision)
+    engine = TrainingEngine(steps_per_batch=4, cuda_graph=True)
+    graphed, steps = fit(tiny_data, AE(), precision, engine=engine)
     torch.manual_seed(0)
-    eager, eager_steps = fit(tiny_data, AE(steps_per_batch=4), precision)
-    assert graphed_model._graphed_step is not None and graphed_model._graphed_step.replays > 0
+    eager, eager_steps = fit(tiny_data, AE(), precision)
+    assert engine.graphed_step is not None and engine.graphed_step.replays > 0
     assert steps == eager_steps == 2 * 16
     assert abs(graphed["test/mse"] - eager["test/mse"]) <= 0.01 * eager["test/mse"], (graphed, eager)
 
 
 def test_cuda_graph_vae_with_random_draws_trains(tiny_data):
     torch.manual_seed(0)
-    model = VAE(steps_per_batch=4, cuda_graph=True)
-    result, _ = fit(tiny_data, model, "bf16-mixed", epochs=3)
+    engine = TrainingEngine(steps_per_batch=4, cuda_graph=True)
+    result, _ = fit(tiny_data, VAE(), "bf16-mixed", epochs=3, engine=engine)
     torch.manual_seed(0)
-    eager, _ = fit(tiny_data, VAE(steps_per_batch=4), "bf16-mixed", epochs=3)
-    assert model._graphed_step.replays > 0 and not model._graphed_step.failed
+    eager, _ = fit(tiny_data, VAE(), "bf16-mixed", epochs=3)
+    assert engine.graphed_step.replays > 0 and not engine.graphed_step.failed
     # fresh noise each replay (the graph advances the generator), so close but not equal
     assert abs(result["test/loss"] - eager["test/loss"]) <= 0.05 * abs(eager["test/loss"]), (result, eager)
 
@@ -126,7 +131,7 @@ def test_a_resumed_adam_state_moves_its_step_count_to_the_device():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_trains_through_cuda_graphs_with_the_gpu_config(config, tiny_data, tmp_path):
-    # configs/trainer/gpu_bf16.yaml turns cuda_graph on for whatever model it is combined with:
+    # configs/trainer/gpu_bf16.yaml turns engine.cuda_graph on for whatever model it is combined with:
     # every shipped model's step must capture (no host sync in it) and train to finite losses.
     cli = build_cli(
         [f"--config=configs/{config}", "--config=configs/trainer/gpu_bf16.yaml", f"--data.data_dir={tiny_data}",
@@ -136,7 +141,8 @@ def test_every_config_trains_through_cuda_graphs_with_the_gpu_config(config, tin
         run=False,
     )  # fmt: skip
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    graphed = cli.model._graphed_step
+    (engine,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TrainingEngine)]
+    graphed = engine.graphed_step
     assert graphed is not None and not graphed.failed and graphed.replays > 0
     # 500 training images: 7 Lightning batches of 8 steps x 8 images, then 8 steps on 52. With 7 full
     # batches an epoch, a model whose scheduler changes the lr each epoch still captures (3 warm-up calls).

@@ -16,6 +16,7 @@ from aelight.callbacks import FiniteLossGuard
 from aelight.checkpoint_io import CheckpointError, SafeCheckpointIO
 from aelight.cli import main
 from aelight.data import MNISTDataModule
+from aelight.engine import TrainingEngine
 from aelight.errors import NonFiniteLossError
 from aelight.models import AE
 from tests.conftest import REPO
@@ -182,11 +183,12 @@ class SpikeAt(AE):
 def test_nan_guard_sees_every_step_of_a_batch_not_only_its_last(tiny_data, check_every_n_steps):
     # Steps 1-4 form the first batch, 5-8 the second: step 6 is neither a batch's last step
     # nor a multiple of the batch's 4 steps, so a guard that watched only those would miss it.
-    model = SpikeAt(bad_step=6, steps_per_batch=4)
-    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32)
+    model = SpikeAt(bad_step=6)
+    dm = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=32, steps_per_batch=4)
     guard = FiniteLossGuard(check_every_n_steps=check_every_n_steps)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[guard])  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TrainingEngine(steps_per_batch=4), guard])  # fmt: skip
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 6 \(terms not finite: spike\)"):
         trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 8  # stopped at the end of the batch holding the bad step

@@ -423,7 +423,7 @@ CONFIG_MISTAKES = {
         ["--model.init_args.decoder.init_args.in_features=16"],
         "the decoder takes codes of size 16 but the encoder gives 32",
     ),
-    "steps_per_batch 0": (["--model.init_args.steps_per_batch=0"], "steps_per_batch must be at least 1"),
+    "steps_per_batch 0": (["--engine.steps_per_batch=0"], "steps_per_batch must be at least 1"),
     "latent size 0": (
         ["--model.init_args.encoder.init_args.out_features=0", "--model.init_args.decoder.init_args.in_features=0"],
         "MLPEncoder: out_features must be at least 1",

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
 from aelight import safe_files, trust
 from aelight.data import MNISTDataModule
 from aelight.data.device_batches import to_float_images
+from aelight.engine import LEGACY_MODEL_KEYS
 from aelight.errors import AelightError  # noqa: F401 - re-exported for the commands
 from aelight.models import AE
 
@@ -87,22 +89,32 @@ def load_model(ckpt: str, device: str) -> AE:
     """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file).
 
     The file is loaded weights-only and every class path it names is checked against
-    ``aelight.trust``'s allow-list before Lightning imports anything it names."""
+    ``aelight.trust``'s allow-list before anything it names is imported. Speed settings that old
+    checkpoints kept among the model's arguments (now the training engine's) are left out."""
     checkpoint = trust.load_checkpoint(ckpt)
     model_class = trust.model_class(checkpoint, ckpt)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    config = {k: v for k, v in hparams.items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
     try:
-        model = model_class.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
+        if "_instantiator" in hparams:  # written through the CLI: networks and optimizer as class paths
+            model = instantiate_module(model_class, config)
+        else:
+            model = model_class(**{k: v for k, v in config.items() if k != "_class_path"})
+    except Exception as err:  # noqa: BLE001 - its arguments do not fit this version's model class
+        lines = str(err).splitlines()
+        reason = next(
+            (line.strip(" -") for line in lines if "argument" in line or "key" in line), lines[0] if lines else ""
+        )
+        raise AelightError(
+            f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
+            "load it with the aelight version that wrote it"
+        ) from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # state dict keys or shapes that differ from its own hyperparameters
         detail = " ".join(str(err).split("\n\t")[1:2])[:300] or str(err).splitlines()[0]
         raise AelightError(
             f"checkpoint {ckpt}: its weights do not fit the {model_class.__name__} it describes ({detail})"
-        ) from None
-    except (TypeError, ValueError) as err:  # its arguments do not fit this version's model class
-        lines = str(err).splitlines()
-        reason = next((line.strip(" -") for line in lines if "argument" in line), lines[0] if lines else "")
-        raise AelightError(
-            f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
-            "load it with the aelight version that wrote it"
         ) from None
     return model.eval().to(device)
 

@@ -23,10 +23,13 @@ class FiniteLossGuard(L.Callback):
         self._names: list[str] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        values = getattr(pl_module, "last_loss_values", None)  # (steps of this batch, terms)
-        names = getattr(pl_module, "loss_term_names", None)
-        if values is None:  # a model outside aelight: watch the loss it returns
+        # aelight's models and engine return every step's terms, (steps of this batch, terms)
+        if isinstance(outputs, dict) and "step_terms" in outputs:
+            values, names = outputs["step_terms"], outputs["term_names"]
+        elif isinstance(outputs, dict) and "loss" in outputs:  # a model outside aelight: watch its loss
             values, names = outputs["loss"].detach().reshape(1, 1), ["loss"]
+        else:
+            return
         values = values.reshape(-1, len(names))
         finite = torch.isfinite(values)
         step = trainer.global_step  # optimizer steps done, the last of them this batch's last row

@@ -41,6 +41,9 @@ class MNISTDataModule(L.LightningDataModule):
         binarize: binarized MNIST: each training image is drawn anew as Bernoulli(pixel) every
             time it is used (dynamic binarisation); validation and test are binarized once with
             ``binarize_seed`` (fixed). Needs ``device_resident: true``.
+        steps_per_batch: training batches served per Lightning batch, for a training engine that
+            takes that many optimizer steps on each (``aelight.engine.TrainingEngine``; the CLI
+            links this to ``engine.steps_per_batch``).
     """
 
     def __init__(
@@ -60,12 +63,17 @@ class MNISTDataModule(L.LightningDataModule):
         classes: Optional[list[int]] = None,
         binarize: bool = False,
         binarize_seed: int = 1234,
+        steps_per_batch: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
         if dataset not in DATASETS:
             raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("steps_per_batch", steps_per_batch),
+        ):
             if value < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
         if num_workers < 0:
@@ -75,7 +83,7 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.classes must list digits from 0 to {NUM_CLASSES - 1} (the labels of {dataset}), got {classes}"
             )
         self.data_dir, self.dataset, self.download = os.path.expanduser(data_dir), dataset, download
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.batch_size, self.eval_batch_size, self.steps_per_batch = batch_size, eval_batch_size, steps_per_batch
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
         self.device_resident, self.num_workers, self.pin_memory = device_resident, num_workers, pin_memory
         self.predict_split = predict_split
@@ -170,10 +178,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _loader(self, split: Split, shuffle: bool):
         batch_size = self.eval_batch_size
-        if split == "train":
-            # A model that takes several optimizer steps per Lightning batch gets that many batches at once.
-            steps = getattr(self.trainer.lightning_module, "steps_per_batch", 1) if self.trainer is not None else 1
-            batch_size = self.batch_size * steps
+        if split == "train":  # an engine taking several optimizer steps per Lightning batch gets them at once
+            batch_size = self.batch_size * self.steps_per_batch
         if not self.device_resident:
             return DataLoader(
                 self.splits[split],

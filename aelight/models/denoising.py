@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from aelight.corruption import NoiseKind, check_noise, corrupt
-from aelight.models.autoencoder import AE, EVAL_STAGES, reconstruction_metrics
+from aelight.models.autoencoder import AE, reconstruction_metrics
 
 
 class DenoisingAE(AE):
@@ -38,13 +38,9 @@ class DenoisingAE(AE):
         seed = self.eval_noise_seed + 1_000_003 * self.global_rank + batch_idx
         return self.corrupt(x, torch.Generator(x.device).manual_seed(seed))
 
-    def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
-        loss = super()._common_step(batch, batch_idx, stage)
-        if stage in EVAL_STAGES:
-            x = batch[0]
-            denoised = self.reconstruct(self.corrupt_for_eval(x, batch_idx))
-            self.update_metrics(self.stage_metrics(self.denoise_metrics, stage), denoised, x)
-        return loss
+    def evaluate(self, x: Tensor, out: dict[str, Tensor], stage: str, batch_idx: int) -> None:
+        denoised = self.reconstruct(self.corrupt_for_eval(x, batch_idx))
+        self.update_metrics(self.stage_metrics(self.denoise_metrics, stage), denoised, x)
 
     def preview(self, x: Tensor) -> list[tuple[str, Tensor]]:
         noisy = self.corrupt_for_eval(x)

@@ -57,7 +57,11 @@ class UMAPAE(AE):
         self.edges = fuzzy_graph(to_float_images(self.graph_images), self.n_neighbors)
 
     def on_validation_epoch_start(self) -> None:
+        # validation scores the whole objective (best.ckpt follows it), on the same edges each time
         self.eval_edges_generator = torch.Generator(self.device).manual_seed(0)
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_edges_generator = None  # test scores reconstruction alone
 
     def embedding_loss(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Tensor:
         heads, tails, weights = self.edges
@@ -79,9 +83,7 @@ class UMAPAE(AE):
 
     def loss_terms(self, x: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
         terms = super().loss_terms(x, out)
-        trainer = self._trainer
-        validating = trainer is not None and (trainer.validating or trainer.sanity_checking)
-        if self.edges is not None and (self.training or validating):
+        if self.edges is not None and (self.training or self.eval_edges_generator is not None):
             terms["embedding"] = self.embedding_loss(len(x), None if self.training else self.eval_edges_generator)
             terms["loss"] = terms["loss"] + self.embedding_weight * terms["embedding"]
         return terms

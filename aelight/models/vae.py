@@ -133,13 +133,10 @@ class VAE(AE):
             total = part if total is None else torch.logaddexp(total, part)
         return total - math.log(samples)
 
-    def _common_step(self, batch, batch_idx: int, stage: str) -> Tensor:
-        loss = super()._common_step(batch, batch_idx, stage)
+    def evaluate(self, x: Tensor, out: dict[str, Tensor], stage: str, batch_idx: int) -> None:
         if stage == "test" and self.test_nll_samples:
-            x = batch[0]
             nll = -self.log_likelihood(x, self.test_nll_samples).mean()
             self.log("test/nll", nll, batch_size=x.shape[0], sync_dist=True)
-        return loss
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

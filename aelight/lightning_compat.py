@@ -1,0 +1,26 @@
+"""The few private Lightning interfaces aelight needs, in one place.
+
+Each has no public equivalent in Lightning 2.6; ``tests/test_lightning_compat.py`` fails when a
+Lightning release changes one of them, and pyproject.toml admits only the tested Lightning range.
+"""
+
+from lightning.pytorch.core.optimizer import LightningOptimizer
+
+
+def count_optimizer_step(optimizer: LightningOptimizer) -> None:
+    """Counts one optimizer step taken without ``LightningOptimizer.step`` (``trainer.global_step``,
+    the loops' progress): what that method does around the step."""
+    optimizer._on_before_step()
+    optimizer._on_after_step()
+
+
+def logger_will_write(trainer) -> bool:
+    """Whether the logger writes the values logged at this step (``log_every_n_steps``); True
+    outside a trainer."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return connector is None or connector.should_update_logs
+
+
+# LightningCLI calls this method of itself right after parsing, before instantiating anything;
+# aelight.cli.AELightCLI overrides it to check a checkpoint before its hyperparameters are read.
+CLI_CHECKPOINT_HOOK = "_parse_ckpt_path"

@@ -1,0 +1,70 @@
+"""The private Lightning interfaces aelight relies on (aelight/lightning_compat.py) are still there
+and still mean what aelight takes them to mean: these fail when a Lightning release changes them."""
+
+import inspect
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+
+from aelight.lightning_compat import CLI_CHECKPOINT_HOOK, count_optimizer_step, logger_will_write
+
+
+def test_lightning_cli_reads_the_checkpoint_through_the_hook_aelight_overrides():
+    assert callable(getattr(LightningCLI, CLI_CHECKPOINT_HOOK))
+    init = inspect.getsource(LightningCLI.__init__)
+    # called after parsing and before the classes are instantiated
+    assert init.index(f"self.{CLI_CHECKPOINT_HOOK}()") < init.index("self.instantiate_classes()")
+    assert init.index("self.parse_arguments(") < init.index(f"self.{CLI_CHECKPOINT_HOOK}()")
+
+
+def test_counting_a_step_by_hand_moves_the_global_step_like_lightning_optimizer_step(tmp_path):
+    class Manual(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.optimizer.zero_grad()
+            self.layer(batch[0]).sum().backward()
+            optimizer.optimizer.step()  # the raw step: Lightning does not see it
+            count_optimizer_step(optimizer)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(6, 2)), batch_size=2)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(Manual(), data)
+    assert trainer.global_step == 3  # without the count, a raw step leaves it at 0
+
+
+def test_the_logger_connector_says_when_the_logger_writes(tmp_path):
+    assert isinstance(inspect.getattr_static(_LoggerConnector, "should_update_logs"), property)
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(logger_will_write(trainer))
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)), batch_size=1)
+    trainer = L.Trainer(max_epochs=1, log_every_n_steps=3, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Probe()])  # fmt: skip
+    trainer.fit(Model(), data)
+    assert seen.count(True) in (2, 3) and seen.count(False) >= 5  # every 3rd of 8 steps
+    assert logger_will_write(object())  # outside a trainer: always
