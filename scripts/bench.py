@@ -160,6 +160,7 @@ def main() -> None:
             f"--data.data_dir={args.data_dir}",
             "--data.download=false",
             f"--data.val_size={args.val_size}",
+            "--trainer.logger=false",  # the model and data of the config only: this script's trainer runs them
             *overrides,
         ],
         run=False,

@@ -173,6 +173,7 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
         assert code == 1, (case, err[-2000:])
         assert "refused" in err and "evilmark" in err and "nothing was imported" in err, (case, err[-2000:])
         assert not marker.exists() and "evilmark" not in sys.modules, f"{case}: the planted module ran"
+    assert not (tmp_path / "reports").exists()  # the refused commands left no empty report folder
     # the real command, as a process: exit 1, one line naming the file and where the class path stands
     code, _, err = finish(start(aelight_cmd(*cases["test encoder"][1]), env=env))
     where = "(at hyper_parameters.encoder.class_path)"

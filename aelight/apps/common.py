@@ -1,6 +1,7 @@
 """What every application command shares: loading a trained model, encoding a split, writing the report."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -59,9 +60,12 @@ def run_main(
         args.override = args_override
     else:
         args = parser.parse_args(argv)
+    created: list[Path] = []  # report folders this command made, innermost first
     try:
         check_device(args.device)
         if report:
+            folder = report_dir_path(getattr(args, "ckpt", None), report, args.out).absolute()
+            created = [p for p in (folder, *folder.parents) if not p.exists()]
             args.report_folder = report_dir(getattr(args, "ckpt", None), report, args.out)
         fn(args)
     except Exception as err:
@@ -70,6 +74,9 @@ def run_main(
         message = user_error(err)
         if message is None:
             raise
+        for path in created:  # a command that failed leaves no empty report folder behind
+            with contextlib.suppress(OSError):
+                path.rmdir()
         print(f"aelight: error: {message}", file=sys.stderr)
         sys.exit(1)
 
@@ -143,15 +150,18 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 2000) -
     return torch.cat([fn(chunk) for chunk in x.split(batch_size)])
 
 
+def report_dir_path(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
+    if out:
+        return Path(out)
+    if ckpt and Path(ckpt).resolve().parent.name == "checkpoints":
+        return Path(ckpt).resolve().parent.parent / "apps" / name
+    return Path("lightning_logs") / "apps" / name
+
+
 def report_dir(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
     """``<run>/apps/<name>`` for a checkpoint at ``<run>/checkpoints/x.ckpt``, unless ``out`` is given;
     created and checked writable (one clear error otherwise), before the command does any work."""
-    if out:
-        folder = Path(out)
-    elif ckpt and Path(ckpt).resolve().parent.name == "checkpoints":
-        folder = Path(ckpt).resolve().parent.parent / "apps" / name
-    else:
-        folder = Path("lightning_logs") / "apps" / name
+    folder = report_dir_path(ckpt, name, out)
     safe_files.check_writable(folder, "choose another with --out DIR")
     safe_files.remove_stale_temporaries(folder)  # left by a command killed while writing its report
     return folder
