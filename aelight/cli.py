@@ -100,7 +100,11 @@ class AELightCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingEngine, "engine")
         parser.set_defaults({"engine.steps_per_batch": 8})
         parser.link_arguments("engine.steps_per_batch", "data.steps_per_batch")
-        parser.set_defaults({"model": {"class_path": "aelight.models.AE"}})
+        # The model every experiment config starts from: the reference AE trained with Adam, lr 1e-3,
+        # fused (one kernel for the whole update, on CPU and CUDA). A config that names another
+        # model class keeps this optimizer unless it sets its own.
+        adam = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3, "fused": True}}
+        parser.set_defaults({"model": {"class_path": "aelight.models.AE", "init_args": {"optimizer": adam}}})
 
     def _subcommand_config(self):
         """The config of the subcommand (the whole config when built with run=False), with the
