@@ -1,6 +1,6 @@
 """CUDA-graph capture of whole training steps: forward, loss, backward and the optimizer update.
 
-At batch 128 the seed's model spends far more time launching its few dozen kernels per step than
+At batch 128 the reference model spends far more time launching its few dozen kernels per step than
 running them; replaying the steps as one captured graph costs one launch. This follows PyTorch's
 "whole network capture" recipe: a few eager warm-up calls on a side stream, then one capture on
 that same stream (lazily created cuBLAS workspaces belong to a stream and cannot be allocated

@@ -11,7 +11,7 @@ def skip_repeated_gpu_probe() -> None:
     Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` at import (so that checking for CUDA does
     not poison forked processes). With a CUDA build of torch and no GPU, that check loads the
     NVML library again on every call, and Adam's step calls it every step: about 0.1 ms, a
-    quarter of a step of the seed's model on a 2-core CPU. Where NVML finds no GPU there is
+    quarter of a step of the reference model on a 2-core CPU. Where NVML finds no GPU there is
     nothing to poison, so the plain runtime check (cached by torch) is used instead.
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:

@@ -1,4 +1,4 @@
-"""Real MNIST, when its folder is there (CI has it at ../shared/data; set AELIGHT_REAL_DATA elsewhere)."""
+"""Real MNIST, when its folder is there (the folder AELIGHT_REAL_DATA names, which holds MNIST/raw)."""
 
 import pytest
 

@@ -3,7 +3,7 @@ only (normal), score all 10,000 test images (anomaly = any other digit) by recon
 (-ELBO for a VAE), and report the AUROC per digit and their mean. A threshold at a percentile of
 the validation scores of normal images gives yes/no decisions (precision, recall, F1).
 
-    aelight-anomaly --config configs/anomaly/ae.yaml --data-dir ../shared/data --epochs 20 [aelight options]
+    aelight-anomaly --config configs/anomaly/ae.yaml --data-dir data/ --epochs 20 [aelight options]
 """
 
 import argparse

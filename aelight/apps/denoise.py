@@ -1,7 +1,7 @@
 """Denoising: PSNR and SSIM of the noisy input, the denoising autoencoder's output and the best
 classical filter (Gaussian blur or median, its setting tuned on validation data), on the test set.
 
-    aelight-denoise --ckpt lightning_logs/denoising/version_0/checkpoints/best.ckpt --data-dir ../shared/data
+    aelight-denoise --ckpt lightning_logs/denoising/version_0/checkpoints/best.ckpt --data-dir data/
 
 PSNR is per image, averaged over images, in dB; identical images give an infinite PSNR.
 """

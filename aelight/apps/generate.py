@@ -6,7 +6,7 @@ features of 10,000 samples and of the 10,000 test images. The baseline is a plai
 decoder fed codes drawn from a Gaussian fitted to its training codes.
 
     aelight-generate --ckpt lightning_logs/vae/version_0/checkpoints/best.ckpt \\
-        --baseline-ckpt lightning_logs/ae/version_0/checkpoints/best.ckpt --data-dir ../shared/data
+        --baseline-ckpt lightning_logs/ae/version_0/checkpoints/best.ckpt --data-dir data/
 """
 
 import math

@@ -1,7 +1,7 @@
 """Test negative log-likelihood of a VAE on binarized MNIST (fixed, seeded binarisation of the test
 set), by importance sampling with the encoder as proposal: -log (1/k) sum_i p(x, z_i) / q(z_i | x).
 
-    aelight-nll --ckpt lightning_logs/vae_binarized/version_0/checkpoints/best.ckpt --data-dir ../shared/data
+    aelight-nll --ckpt lightning_logs/vae_binarized/version_0/checkpoints/best.ckpt --data-dir data/
 """
 
 import time

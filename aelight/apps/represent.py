@@ -7,8 +7,8 @@ embedding projector (with image sprites) for any code size.
 ``aelight-features``: freeze the encoder, fit a multinomial logistic regression on the training
 codes, report test accuracy.
 
-    aelight-reduce --ckpt lightning_logs/ae_2d/version_0/checkpoints/best.ckpt --data-dir ../shared/data
-    aelight-features --ckpt lightning_logs/sparse_features/version_0/checkpoints/best.ckpt --data-dir ../shared/data
+    aelight-reduce --ckpt lightning_logs/ae_2d/version_0/checkpoints/best.ckpt --data-dir data/
+    aelight-features --ckpt lightning_logs/sparse_features/version_0/checkpoints/best.ckpt --data-dir data/
 """
 
 import time

@@ -44,7 +44,7 @@ def mlp(sizes: Sequence[int], hidden_activation: str, final_activation: Optional
 class MLPEncoder(nn.Module):
     """Flatten the image, then Linear layers ``in -> hidden_dims... -> out_features``.
 
-    The defaults are the seed's encoder: 784 -> 32 with a ReLU on the code.
+    The defaults are the reference model's encoder: 784 -> 32 with a ReLU on the code.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """MNIST-format datasets (MNIST, Fashion-MNIST, KMNIST) as a LightningDataModule.
 
-Files are read with torchvision's dataset classes. Pixels are in [0, 1]: the seed script's
+Files are read with torchvision's dataset classes. Pixels are in [0, 1]: the common
 ``Normalize((0.5,), (0.5,))`` would put targets in [-1, 1], out of reach of a sigmoid decoder.
 """
 
