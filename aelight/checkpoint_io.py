@@ -80,3 +80,25 @@ def _check_is_checkpoint_file(path: str) -> None:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint; a write may have failed")
     if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTOCOL_2):
         raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")
+
+
+def weight_shapes(state_dict: dict) -> dict[str, tuple]:
+    """Name -> shape of every entry of a state dict (``()`` for a non-tensor)."""
+    return {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+
+
+def weights_mismatch(model_shapes: dict[str, tuple], checkpoint_shapes: dict[str, tuple]) -> Optional[str]:
+    """The first difference between a model's weights and a checkpoint's (see ``weight_shapes``),
+    in words, or None when the checkpoint's weights fit the model."""
+    wrong = [k for k in model_shapes if k in checkpoint_shapes and model_shapes[k] != checkpoint_shapes[k]]
+    missing = [k for k in model_shapes if k not in checkpoint_shapes]
+    unexpected = [k for k in checkpoint_shapes if k not in model_shapes]
+    if wrong:
+        k = wrong[0]
+        return f"{k} has shape {list(checkpoint_shapes[k])} there but {list(model_shapes[k])} in the model"
+    if missing:
+        return f"it lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        return f"it has {unexpected[0]}, which the model does not{more}"
+    return None

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aelight import safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
-from aelight.checkpoint_io import SafeCheckpointIO
+from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
@@ -129,7 +129,7 @@ class AELightCLI(LightningCLI):
             logger = cfg.trainer.logger
             cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if _is_tensorboard(logger) else None)
             checkpoint = trust.load_checkpoint(cfg.ckpt_path, weights_only=cfg.weights_only)
-            self._checkpoint_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()}
+            self._checkpoint_shapes = weight_shapes(checkpoint["state_dict"])
             self._config_from_checkpoint(subcommand, checkpoint)
 
     def _config_from_checkpoint(self, subcommand: str, checkpoint: dict) -> None:
@@ -242,57 +242,42 @@ def _run_version(run_root: str) -> int:
     """Claims the next free ``version_N`` folder under ``run_root`` with an exclusive ``mkdir``:
     of several runs started at once, each gets its own. Processes of a DDP run other than rank 0
     take the one rank 0 claimed."""
-    if _process_rank() > 0 and os.environ.get(RUN_VERSION_ENV):
+    if _is_higher_rank() and os.environ.get(RUN_VERSION_ENV):
         return int(os.environ[RUN_VERSION_ENV])
     try:
         os.makedirs(run_root, exist_ok=True)
         taken = [int(m.group(1)) for d in os.listdir(run_root) if (m := re.fullmatch(r"version_(\d+)", d))]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                os.mkdir(os.path.join(run_root, f"version_{version}"))
+                break
+            except FileExistsError:  # another run took it first
+                version += 1
     except OSError as err:
-        raise safe_files.OutputError(f"output folder {run_root} is not writable ({err.strerror}); {WRITABLE_HINT}")
-    version = max(taken, default=-1) + 1
-    while True:
-        try:
-            os.mkdir(os.path.join(run_root, f"version_{version}"))
-            _claimed_run_dirs.append(os.path.join(run_root, f"version_{version}"))
-            break
-        except FileExistsError:
-            version += 1
-        except OSError as err:
-            raise safe_files.OutputError(
-                f"output folder {run_root} is not writable ({err.strerror}); {WRITABLE_HINT}"
-            ) from None
+        raise safe_files.OutputError(
+            f"output folder {run_root} is not writable ({err.strerror}); {WRITABLE_HINT}"
+        ) from None
+    _claimed_run_dirs.append(os.path.join(run_root, f"version_{version}"))
     os.environ[RUN_VERSION_ENV] = str(version)  # inherited by the DDP processes Lightning starts
     return version
 
 
-def _process_rank() -> int:
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
-        if os.environ.get(name, "0").isdigit() and int(os.environ.get(name, "0")) > 0:
-            return 1
-    return 0
+def _is_higher_rank() -> bool:
+    """Whether this is a process of a DDP run other than rank 0 (Lightning starts those with
+    RANK / LOCAL_RANK set)."""
+    ranks = (os.environ.get(name, "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return any(rank.isdigit() and int(rank) > 0 for rank in ranks)
 
 
 def _check_weights_fit(model, shapes: dict[str, tuple], ckpt_path: str) -> None:
     """A checkpoint's weights (their shapes by name) must fit the model's; else one line naming the first difference."""
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in own if k not in shapes]
-    unexpected = [k for k in shapes if k not in own]
-    wrong = [k for k in own if k in shapes and own[k] != shapes[k]]
-    if not (missing or unexpected or wrong):
-        return
-    if wrong:
-        k = wrong[0]
-        detail = f"{k} has shape {list(shapes[k])} there but {list(own[k])} in the model"
-    elif missing:
-        detail = f"it lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-    else:
-        detail = f"it has {unexpected[0]}, which the model does not" + (
-            f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+    detail = weights_mismatch(weight_shapes(model.state_dict()), shapes)
+    if detail:
+        raise ConfigError(
+            f"checkpoint {ckpt_path}: its weights do not fit the {type(model).__name__} it describes ({detail}); "
+            "it was not written by aelight fit, or it was altered"
         )
-    raise ConfigError(
-        f"checkpoint {ckpt_path}: its weights do not fit the {type(model).__name__} it describes ({detail}); "
-        "it was not written by aelight fit, or it was altered"
-    )
 
 
 def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:

@@ -38,17 +38,13 @@ from torch import Tensor
 from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
 from aelight.lightning_compat import count_optimizer_step, logger_will_write
+from aelight.models.autoencoder import stack_terms
 from aelight.runtime import skip_repeated_gpu_probe
 
 # Speed settings that were model hyperparameters before the engine had its own config key: old
 # checkpoints still carry them, and loading drops them.
 LEGACY_MODEL_KEYS = ("steps_per_batch", "compile_step", "cuda_graph", "compile_networks")
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
-def stack_terms(terms: dict[str, Tensor]) -> Tensor:
-    """The loss terms of one step as one float tensor, detached."""
-    return torch.stack([v.detach() for v in terms.values()]).float()
 
 
 @dataclass

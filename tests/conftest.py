@@ -2,7 +2,12 @@
 torchvision's real reader and none touches the network."""
 
 import os
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +89,46 @@ def cli_args(tiny_data, tmp_path):
         return short_run_args(tiny_data, tmp_path / "logs", *extra, epochs=epochs, batches=batches)
 
     return args
+
+
+SLOW_SAVE_DRIVER = textwrap.dedent(
+    """
+    # Runs the real CLI with torch.save slowed down after the first argv[2] calls: each later call
+    # writes, touches argv[1] and sleeps, so a test kills it inside that write for certain (polling
+    # for the temporary file alone could also catch a fast, complete write).
+    import pathlib, sys, time, torch
+    real_save, calls, signal_file, normal = torch.save, [0], pathlib.Path(sys.argv[1]), int(sys.argv[2])
+
+    def slow_save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        real_save(obj, f, *args, **kwargs)
+        if calls[0] > normal:
+            f.flush()
+            signal_file.touch()
+            time.sleep(60)
+
+    torch.save = slow_save
+    from aelight.cli import main
+    main(sys.argv[3:])
+    """
+)
+
+
+def kill_inside_a_slow_save(args: list[str], signal_file: Path, normal_saves: int, caught=lambda: True) -> int:
+    """Runs ``aelight args`` with every torch.save after the first ``normal_saves`` slowed down,
+    SIGKILLs it once it is inside such a write (``caught()`` must hold then) and returns its exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE_DRIVER, str(signal_file), str(normal_saves), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 180
+        while not signal_file.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert signal_file.exists() and caught(), "no write was caught in progress"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    return proc.returncode

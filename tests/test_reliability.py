@@ -5,8 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import lightning as L
 import pytest
@@ -19,7 +17,7 @@ from aelight.data import MNISTDataModule
 from aelight.engine import TrainingEngine
 from aelight.errors import NonFiniteLossError
 from aelight.models import AE
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_inside_a_slow_save
 
 
 def ckpts(tmp_path, name="ae"):
@@ -103,49 +101,12 @@ def test_resume_at_epoch_boundary_gives_the_same_weights_as_an_uninterrupted_run
         assert torch.equal(straight[key], resumed[key]), key
 
 
-SLOW_SAVE_DRIVER = textwrap.dedent(
-    """
-    # Runs the real CLI with torch.save slowed down from the third checkpoint write on (the two
-    # files of epoch 0 are written normally). It touches argv[1] once it is inside such a write,
-    # so the test kills it mid-write for certain (polling for the temp file alone could also
-    # catch a fast, complete write).
-    import pathlib, sys, time, torch
-    real_save, calls, signal_file = torch.save, [0], pathlib.Path(sys.argv[1])
-
-    def slow_save(obj, f, *args, **kwargs):
-        calls[0] += 1
-        real_save(obj, f, *args, **kwargs)
-        if calls[0] > 2:
-            f.flush()
-            signal_file.touch()
-            time.sleep(30)
-
-    torch.save = slow_save
-    from aelight.cli import main
-    main(sys.argv[2:])
-    """
-)
-
-
 def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file_and_resume_completes(cli_args, tmp_path):
     args = cli_args("fit", "--config=configs/ae.yaml", epochs=4)
     folder = tmp_path / "logs" / "ae" / "version_0" / "checkpoints"
-    in_write = tmp_path / "in_write"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SAVE_DRIVER, str(in_write), *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 180
-        while not in_write.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert in_write.exists() and glob.glob(str(folder / ".*.tmp")), "no checkpoint write was caught in progress"
-        os.kill(proc.pid, signal.SIGKILL)  # killed while epoch 1's checkpoint is being written
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # the two files of epoch 0 are written normally; killed while epoch 1's checkpoint is being written
+    code = kill_inside_a_slow_save(args, tmp_path / "in_write", 2, caught=lambda: glob.glob(str(folder / ".*.tmp")))
+    assert code == -signal.SIGKILL
     # what stands under a final name is whole: epoch 0's checkpoints; the torn file is a hidden temporary
     assert sorted(os.listdir(folder)) == sorted(
         ["best.ckpt", "last.ckpt", *[os.path.basename(p) for p in glob.glob(str(folder / ".*.tmp"))]]

@@ -16,7 +16,7 @@ import torch
 
 from aelight.apps import anomaly, denoise, generate, nll, represent
 from aelight.cli import main
-from tests.conftest import REPO, make_mnist_root, short_run_args, write_idx
+from tests.conftest import REPO, kill_inside_a_slow_save, make_mnist_root, short_run_args, write_idx
 
 BIN = Path(sys.executable).parent
 CONFIG = "--config=configs/ae.yaml"
@@ -261,45 +261,15 @@ def test_evaluation_commands_never_overwrite_the_training_config(tiny_data, tmp_
     assert "max_epochs: 50" in (run / "config_test.yaml").read_text()
 
 
-PREDICT_KILL_DRIVER = textwrap.dedent(
-    """
-    # Runs `aelight predict` with torch.save slowed: it writes, touches argv[1], then sleeps, so the
-    # test can kill it inside the write of predictions.pt for certain.
-    import pathlib, sys, time, torch
-    real_save, signal_file = torch.save, pathlib.Path(sys.argv[1])
-
-    def slow_save(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        f.flush()
-        signal_file.touch()
-        time.sleep(60)
-
-    torch.save = slow_save
-    from aelight.cli import main
-    main(sys.argv[2:])
-    """
-)
-
-
 def test_sigkill_while_writing_predictions_keeps_the_previous_file_and_a_new_run_cleans_up(tiny_data, tmp_path):
     logs = tmp_path / "logs"
     main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml"))
     main(tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last"))
     (run,) = run_dirs(logs, "ae")
     good = (run / "predictions.pt").read_bytes()
-    in_write = tmp_path / "in_write"
     args = tiny_args(tiny_data, logs, "predict", "--config=configs/ae.yaml", "--ckpt_path=last",
                      "--data.predict_split=val")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", PREDICT_KILL_DRIVER, str(in_write), *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while not in_write.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert in_write.exists(), "the predictions write was not caught in progress"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    assert kill_inside_a_slow_save(args, tmp_path / "in_write", 0) == -signal.SIGKILL  # inside predictions.pt
     assert (run / "predictions.pt").read_bytes() == good  # the previous good file is untouched
     (stale,) = run.glob(".predictions.pt.*.tmp")
     # a stale checkpoint temporary too, and files that only look alike, which must stay

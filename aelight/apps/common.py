@@ -13,6 +13,7 @@ from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
 from aelight import safe_files, trust
+from aelight.checkpoint_io import weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.data.device_batches import to_float_images
 from aelight.engine import LEGACY_MODEL_KEYS
@@ -64,9 +65,9 @@ def run_main(
     try:
         check_device(args.device)
         if report:
-            folder = report_dir_path(getattr(args, "ckpt", None), report, args.out).absolute()
-            created = [p for p in (folder, *folder.parents) if not p.exists()]
-            args.report_folder = report_dir(getattr(args, "ckpt", None), report, args.out)
+            folder = report_dir_path(getattr(args, "ckpt", None), report, args.out)
+            created = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
+            args.report_folder = prepare_report_dir(folder)
         fn(args)
     except Exception as err:
         from aelight.cli import user_error
@@ -116,13 +117,12 @@ def load_model(ckpt: str, device: str) -> AE:
             f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
             "load it with the aelight version that wrote it"
         ) from None
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:  # state dict keys or shapes that differ from its own hyperparameters
-        detail = " ".join(str(err).split("\n\t")[1:2])[:300] or str(err).splitlines()[0]
+    detail = weights_mismatch(weight_shapes(model.state_dict()), weight_shapes(checkpoint["state_dict"]))
+    if detail:  # state dict keys or shapes that differ from its own hyperparameters
         raise AelightError(
             f"checkpoint {ckpt}: its weights do not fit the {model_class.__name__} it describes ({detail})"
-        ) from None
+        )
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval().to(device)
 
 
@@ -151,6 +151,7 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 2000) -
 
 
 def report_dir_path(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
+    """``<run>/apps/<name>`` for a checkpoint at ``<run>/checkpoints/x.ckpt``, unless ``out`` is given."""
     if out:
         return Path(out)
     if ckpt and Path(ckpt).resolve().parent.name == "checkpoints":
@@ -158,10 +159,9 @@ def report_dir_path(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
     return Path("lightning_logs") / "apps" / name
 
 
-def report_dir(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
-    """``<run>/apps/<name>`` for a checkpoint at ``<run>/checkpoints/x.ckpt``, unless ``out`` is given;
-    created and checked writable (one clear error otherwise), before the command does any work."""
-    folder = report_dir_path(ckpt, name, out)
+def prepare_report_dir(folder: Path) -> Path:
+    """The report folder created and checked writable (one clear error otherwise), before the
+    command does any work."""
     safe_files.check_writable(folder, "choose another with --out DIR")
     safe_files.remove_stale_temporaries(folder)  # left by a command killed while writing its report
     return folder

@@ -26,6 +26,7 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from aelight import trust
+from aelight.checkpoint_io import weight_shapes, weights_mismatch
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 
@@ -37,7 +38,7 @@ def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
 
     ``val_in_fit`` leaves SSIM out: torchmetrics' 11x11 Gaussian filter takes about 0.1 s per
     1,000 MNIST images on a 2-core CPU, so SSIM of the 5,000 validation images every epoch would
-    cost twice a training epoch of the seed's model there.
+    cost twice a training epoch of the reference model there.
     """
 
     def collection(stage: str, ssim: bool = True) -> MetricCollection:
@@ -47,6 +48,11 @@ def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
         return MetricCollection(metrics, prefix=f"{stage}/{prefix}")
 
     return nn.ModuleDict({**{s: collection(s) for s in EVAL_STAGES}, "val_in_fit": collection("val", ssim=False)})
+
+
+def stack_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The loss terms of one step as one float tensor, detached."""
+    return torch.stack([v.detach() for v in terms.values()]).float()
 
 
 def _is_plain(value) -> bool:
@@ -146,7 +152,7 @@ class AE(L.LightningModule):
     # --- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # Start the decoder at the mean training image (output bias = its logit), so the first
-        # steps learn digits rather than the background: one epoch of the seed's model then
+        # steps learn digits rather than the background: one epoch of the reference model then
         # reaches a test MSE of about 0.021 instead of 0.035. Runs before a checkpoint is
         # restored, so resuming is unaffected.
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -164,14 +170,13 @@ class AE(L.LightningModule):
         """Copies the weights of the checkpoint at ``path`` (loaded weights-only, its class paths
         checked, see aelight.trust) into this model."""
         state = trust.load_checkpoint(path)["state_dict"]
-        try:
-            self.load_state_dict(state)
-        except RuntimeError as err:  # missing or unexpected keys, or shapes that differ
-            detail = " ".join(str(err).split("\n\t")[1:2])[:300]
+        detail = weights_mismatch(weight_shapes(self.state_dict()), weight_shapes(state))
+        if detail:  # missing or unexpected keys, or shapes that differ
             raise ConfigError(
                 f"init_weights {path}: its weights do not fit this {type(self).__name__} ({detail}); "
                 "give a checkpoint of the same encoder and decoder"
-            ) from None
+            )
+        self.load_state_dict(state)
 
     def training_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Loss terms of one training step on the batch ``x``: the model sees ``corrupt(x)``."""
@@ -203,8 +208,7 @@ class AE(L.LightningModule):
         terms = self.training_terms(x)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log_dict({f"train/{k}_epoch": v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True)
-        step_terms = torch.stack([v.detach() for v in terms.values()]).float()[None]  # (1 step, terms)
-        return {"loss": terms["loss"], "term_names": list(terms), "step_terms": step_terms}
+        return {"loss": terms["loss"], "term_names": list(terms), "step_terms": stack_terms(terms)[None]}
 
     def validation_step(self, batch, batch_idx):
         return self._common_step(batch, batch_idx, "val")
