@@ -1,4 +1,5 @@
-"""The ``aelight`` command: LightningCLI with fit / validate / test / predict.
+"""The ``aelight`` command: LightningCLI's fit / validate / test / predict, and the applications
+(``aelight reduce|features|anomaly|generate|denoise|nll``, aelight/apps/) in the same spelling.
 
 ``aelight fit --config configs/vae.yaml`` picks the variant by its class path; trainer configs in
 ``configs/trainer/`` switch between CPU, one GPU with bf16 and DDP.
@@ -336,12 +337,49 @@ def _quiet_output_errors_in_threads(args) -> None:
 _default_thread_excepthook = threading.excepthook
 
 
+TRAINING_COMMANDS = {
+    "fit": "train a model: aelight fit --config configs/ae.yaml --data.data_dir data/",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test set: aelight test --config configs/ae.yaml --ckpt_path best",
+    "predict": "write the test set's codes and reconstructions to <run>/predictions.pt",
+}
+
+
+def overview() -> str:
+    """What ``aelight --help`` prints: every command, one line each."""
+    from aelight.apps import APPLICATIONS
+
+    lines = [
+        "usage: aelight COMMAND [OPTIONS]",
+        "",
+        "Autoencoder experiments on MNIST with PyTorch Lightning.",
+        "",
+        "Training and evaluation (runs under lightning_logs/<name>/version_N/):",
+        *(f"  {name:<10}{text}" for name, text in TRAINING_COMMANDS.items()),
+        "",
+        "Applications of a trained checkpoint (reports under <run>/apps/<command>/):",
+        *(f"  {name:<10}{text}" for name, (_, _, text) in APPLICATIONS.items()),
+        "",
+        "`aelight COMMAND --help` lists a command's options and what it writes.",
+    ]
+    return "\n".join(lines)
+
+
 def main(args: Optional[list] = None) -> None:
+    from aelight.apps import APPLICATIONS, run_application
+
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in APPLICATIONS:
+        run_application(argv[0], argv[1:])
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
     _claimed_run_dirs.clear()
     _output_folder.clear()
     threading.excepthook = _quiet_output_errors_in_threads
     try:
-        build_cli(args)
+        build_cli(argv)
     except SIGTERMException:
         print(
             "aelight: stopped by SIGTERM; the last checkpoint written is intact: continue the run with "

@@ -4,13 +4,17 @@ cases with known answers."""
 import glob
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from aelight.apps import anomaly, denoise, generate, represent
+from aelight.apps import APPLICATIONS, aliases, anomaly, denoise, represent
 from aelight.cli import main as aelight
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,11 @@ def trained(tiny_data, tmp_path_factory):
 
 
 def tiny(tiny_data) -> list[str]:
-    return [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu"]
+    return [f"--data.data_dir={tiny_data}", "--data.val_size=100", "--device=cpu"]
+
+
+def run(command: str, *argv: str) -> None:
+    aelight([command, *argv])
 
 
 def read_report(ckpt: str, name: str) -> dict:
@@ -42,7 +50,7 @@ def read_report(ckpt: str, name: str) -> dict:
 
 
 def test_denoise_command(trained, tiny_data):
-    denoise.main(["--ckpt", trained["denoising"], *tiny(tiny_data)])
+    run("denoise", *["--ckpt_path", trained["denoising"], *tiny(tiny_data)])
     report = read_report(trained["denoising"], "denoise")
     for name in ("gaussian_0.25", "gaussian_0.5", "masking_0.5"):
         r = report[name]
@@ -55,13 +63,53 @@ def test_denoise_command(trained, tiny_data):
 
 
 def test_reduce_and_features_commands(trained, tiny_data):
-    represent.main_reduce(["--ckpt", trained["ae"], *tiny(tiny_data), "--projector-images=50"])
+    run("reduce", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--projector_images=50"])
     report = read_report(trained["ae"], "reduce")
     assert report["code_size"] == 32 and 0.1 < report["knn5_test_accuracy"] <= 1
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/sprite.png"))  # projector
-    represent.main_features(["--ckpt", trained["ae"], *tiny(tiny_data), "--max-iter=200"])
+    run("features", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--max_iter=200"])
     assert 0.1 < read_report(trained["ae"], "features")["logistic_regression_test_accuracy"] <= 1
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/features/confusion.png"))
+
+
+def test_aelight_help_lists_every_command_and_each_says_what_it_writes():
+    proc = subprocess.run([sys.executable, "-m", "aelight", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    listed = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert listed == {"fit", "validate", "test", "predict", *APPLICATIONS}
+    writes = {"reduce": "scatter.png", "features": "confusion.png", "anomaly": "score_histograms.png",
+              "generate": "vae_samples.png", "denoise": "psnr.png", "nll": "report.json"}  # fmt: skip
+    for command in APPLICATIONS:
+        proc = subprocess.run(
+            [sys.executable, "-m", "aelight", command, "--help"], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: aelight {command}"), proc.stderr
+        assert "Writes" in proc.stdout and writes[command] in proc.stdout, proc.stdout
+        # one dialect: the spelling of aelight fit
+        assert "--data-dir" not in proc.stdout and "--ckpt " not in proc.stdout
+        assert ("--ckpt_path" in proc.stdout) == (command != "anomaly")
+
+
+def test_the_old_scripts_respell_their_options_for_the_subcommand():
+    old = ["--ckpt", "x.ckpt", "--data-dir=d/", "--val-size", "10", "--max-iter=5", "--save-dir", "logs",
+           "--epochs=3", "--model.init_args.lr=0.1", "--baseline-ckpt=b.ckpt", "--device", "cpu"]  # fmt: skip
+    assert aliases.respell(old) == [
+        "--ckpt_path", "x.ckpt", "--data.data_dir=d/", "--data.val_size", "10", "--max_iter=5",
+        "--trainer.logger.init_args.save_dir", "logs", "--trainer.max_epochs=3", "--model.init_args.lr=0.1",
+        "--baseline_ckpt_path=b.ckpt", "--device", "cpu",
+    ]  # fmt: skip
+
+
+def test_an_old_script_still_runs_its_command(trained, tiny_data, tmp_path):
+    script = Path(sys.executable).parent / "aelight-reduce"
+    out = tmp_path / "reduce"
+    proc = subprocess.run(
+        [str(script), "--ckpt", trained["ae"], f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu",
+         "--projector-images=20", f"--out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["code_size"] == 32
 
 
 def test_confusion_counts_put_true_labels_in_rows():
@@ -71,9 +119,10 @@ def test_confusion_counts_put_true_labels_in_rows():
 
 def test_anomaly_command(tiny_data, tmp_path):
     out = tmp_path / "anomaly"
-    anomaly.main(
-        ["--config=configs/anomaly/ae.yaml", "--digits", "0", "3", "--epochs=2", *tiny(tiny_data), f"--out={out}",
-         f"--save-dir={tmp_path / 'logs'}", "--trainer.limit_train_batches=2"]
+    run(
+        "anomaly", "--config=configs/anomaly/ae.yaml", "--digits", "0", "3", "--trainer.max_epochs=2",
+        *tiny(tiny_data), f"--out={out}", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.limit_train_batches=2",
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert set(report["digits"]) == {"0", "3"} and report["score"] == "reconstruction MSE"
@@ -83,8 +132,8 @@ def test_anomaly_command(tiny_data, tmp_path):
 
 def test_generate_command(trained, tiny_data, tmp_path):
     classifier = tmp_path / "classifier.ckpt"
-    args = ["--ckpt", trained["vae"], "--baseline-ckpt", trained["ae"], *tiny(tiny_data), "--samples=300"]
-    generate.main([*args, f"--classifier={classifier}", "--classifier-epochs=1"])
+    args = ["--ckpt_path", trained["vae"], "--baseline_ckpt_path", trained["ae"], *tiny(tiny_data), "--samples=300"]
+    run("generate", *[*args, f"--classifier={classifier}", "--classifier_epochs=1"])
     assert classifier.exists()  # cached for the next run
     report = read_report(trained["vae"], "generate")
     for key in ("vae", "ae_gaussian_codes"):
@@ -97,7 +146,7 @@ def test_generate_command(trained, tiny_data, tmp_path):
 
 def test_generate_refuses_a_non_generative_model(trained, tiny_data, capsys):
     with pytest.raises(SystemExit) as exit_:
-        generate.main(["--ckpt", trained["ae"], *tiny(tiny_data)])
+        run("generate", *["--ckpt_path", trained["ae"], *tiny(tiny_data)])
     assert exit_.value.code == 1 and "not a generative model" in capsys.readouterr().err
 
 

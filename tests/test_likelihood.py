@@ -90,7 +90,6 @@ def test_nll_command_on_tiny_data(tiny_data, tmp_path):
     import glob
     import json
 
-    from aelight.apps import nll
     from aelight.cli import main as aelight
 
     aelight(
@@ -100,6 +99,16 @@ def test_nll_command_on_tiny_data(tiny_data, tmp_path):
          f"--trainer.logger.init_args.save_dir={tmp_path}"]
     )  # fmt: skip
     (ckpt,) = glob.glob(str(tmp_path / "vae_binarized" / "version_0" / "checkpoints" / "best.ckpt"))
-    nll.main(["--ckpt", ckpt, f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu", "--samples=50"])
+    aelight(
+        [
+            "nll",
+            "--ckpt_path",
+            ckpt,
+            f"--data.data_dir={tiny_data}",
+            "--data.val_size=100",
+            "--device=cpu",
+            "--samples=50",
+        ]
+    )
     report = json.loads(open(ckpt.replace("checkpoints/best.ckpt", "apps/nll/report.json")).read())
     assert report["test_images"] == 200 and 0 < report["test_nll_nats"] <= report["test_minus_elbo_nats"] + 1.0

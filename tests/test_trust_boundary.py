@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from aelight.apps import anomaly, denoise, generate, nll, represent
 from aelight.cli import main
 from tests.conftest import REPO, kill_inside_a_slow_save, make_mnist_root, short_run_args, write_idx
 
-BIN = Path(sys.executable).parent
 CONFIG = "--config=configs/ae.yaml"
 
 
 def aelight_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aelight", *args]
-
-
-def app_cmd(name: str, *args: str) -> list[str]:
-    return [str(BIN / f"aelight-{name}"), *args]
 
 
 def start(cmd: list[str], cwd=REPO, env=None) -> subprocess.Popen:
@@ -118,14 +112,12 @@ def crafted(source: Path, dest: Path, where: str) -> Path:
     return dest
 
 
-APPS = {
-    "reduce": represent.main_reduce,
-    "features": represent.main_features,
-    "anomaly": anomaly.main,
-    "generate": generate.main,
-    "denoise": denoise.main,
-    "nll": nll.main,
-}
+def application(command: str):
+    """``aelight <command>`` as a function of its options."""
+    return lambda argv: main([command, *argv])
+
+
+APPS = {command: application(command) for command in ("reduce", "features", "anomaly", "generate", "denoise", "nll")}
 
 
 def exit_code_and_stderr(fn, argv, capsys) -> tuple[int, str]:
@@ -148,7 +140,7 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
     classifier = tmp_path / "classifier.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"_instantiator": "evilmark.inst"}}, classifier)
     logs = tmp_path / "logs"
-    data = [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu", f"--out={tmp_path / 'reports'}"]
+    data = [f"--data.data_dir={tiny_data}", "--data.val_size=100", "--device=cpu", f"--out={tmp_path / 'reports'}"]
     cases = {
         "test encoder": (main, tiny_args(tiny_data, logs, "test", CONFIG, f"--ckpt_path={ae['encoder']}")),
         "test instantiator": (main, tiny_args(tiny_data, logs, "test", CONFIG, f"--ckpt_path={ae['instantiator']}")),
@@ -158,14 +150,14 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
         "fit resume": (main, tiny_args(tiny_data, logs, "fit", CONFIG, f"--ckpt_path={ae['model']}")),
         "fit init_weights": (main, tiny_args(tiny_data, logs, "fit", CONFIG,
                                              f"--model.init_args.init_weights={ae['encoder']}")),
-        "reduce": (APPS["reduce"], [f"--ckpt={ae['instantiator']}", *data]),
-        "features": (APPS["features"], [f"--ckpt={ae['model']}", *data]),
-        "denoise": (APPS["denoise"], [f"--ckpt={ae['encoder']}", *data]),
-        "nll": (APPS["nll"], [f"--ckpt={vae_encoder}", *data]),
-        "generate": (APPS["generate"], [f"--ckpt={vae_encoder}", *data]),
-        "generate baseline": (APPS["generate"], [f"--ckpt={fitted['vae']}", f"--baseline-ckpt={ae['optimizer']}",
-                                                 *data]),
-        "generate classifier": (APPS["generate"], [f"--ckpt={fitted['vae']}", f"--classifier={classifier}",
+        "reduce": (APPS["reduce"], [f"--ckpt_path={ae['instantiator']}", *data]),
+        "features": (APPS["features"], [f"--ckpt_path={ae['model']}", *data]),
+        "denoise": (APPS["denoise"], [f"--ckpt_path={ae['encoder']}", *data]),
+        "nll": (APPS["nll"], [f"--ckpt_path={vae_encoder}", *data]),
+        "generate": (APPS["generate"], [f"--ckpt_path={vae_encoder}", *data]),
+        "generate baseline": (APPS["generate"], [f"--ckpt_path={fitted['vae']}",
+                                                 f"--baseline_ckpt_path={ae['optimizer']}", *data]),
+        "generate classifier": (APPS["generate"], [f"--ckpt_path={fitted['vae']}", f"--classifier={classifier}",
                                                    "--samples=10", *data]),
     }  # fmt: skip
     for case, (fn, argv) in cases.items():
@@ -367,14 +359,14 @@ def test_evaluation_into_a_read_only_run_folder_fails_before_any_work(tiny_data,
 def test_application_commands_check_their_output_folders_before_any_work(fitted, tiny_data, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    data = [f"--data-dir={tiny_data}", "--val-size=100", "--device=cpu"]
-    digits = ["--config=configs/anomaly/ae.yaml", "--epochs=1", "--digits", "0", "1"]
+    data = [f"--data.data_dir={tiny_data}", "--data.val_size=100", "--device=cpu"]
+    digits = ["--config=configs/anomaly/ae.yaml", "--trainer.max_epochs=1", "--digits", "0", "1"]
     classifier = tmp_path / "cache" / "classifier.ckpt"
     cases = [
-        ("anomaly", [*digits, *data, f"--out={a_file}", f"--save-dir={tmp_path / 'runs'}"]),
-        ("anomaly", [*digits, *data, f"--save-dir={a_file}"]),
-        ("generate", [f"--ckpt={fitted['vae']}", *data, f"--out={a_file}", f"--classifier={classifier}"]),
-        ("reduce", [f"--ckpt={fitted['ae']}", *data, f"--out={a_file}"]),
+        ("anomaly", [*digits, *data, f"--out={a_file}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]),
+        ("anomaly", [*digits, *data, f"--trainer.logger.init_args.save_dir={a_file}"]),
+        ("generate", [f"--ckpt_path={fitted['vae']}", *data, f"--out={a_file}", f"--classifier={classifier}"]),
+        ("reduce", [f"--ckpt_path={fitted['ae']}", *data, f"--out={a_file}"]),
     ]
     for app, argv in cases:
         code, err = exit_code_and_stderr(APPS[app], argv, capsys)
@@ -507,16 +499,16 @@ def test_gpu_settings_on_a_machine_without_a_gpu_are_one_line(fitted, tiny_data,
     gpu_config = tiny_args(tiny_data, tmp_path / "logs", "fit", CONFIG, "--config=configs/trainer/gpu_bf16.yaml")
     code, err = exit_code_and_stderr(main, gpu_config, capsys)
     assert code == 1 and "no usable GPU" in err and "configs/trainer/cpu.yaml" in err, err
-    code, err = exit_code_and_stderr(APPS["reduce"], [f"--ckpt={fitted['ae']}", "--device=cuda"], capsys)
+    code, err = exit_code_and_stderr(APPS["reduce"], [f"--ckpt_path={fitted['ae']}", "--device=cuda"], capsys)
     assert code == 1 and "--device cuda: this machine has no usable CUDA GPU" in err, err
 
 
 def test_application_option_mistakes_exit_2_with_the_parsers_message(fitted, tiny_data, capsys):
-    data = [f"--data-dir={tiny_data}", "--device=cpu"]
+    data = [f"--data.data_dir={tiny_data}", "--device=cpu"]
     for app, argv in (
         ("anomaly", ["--config=configs/anomaly/ae.yaml", "--percentile=150", *data]),
         ("anomaly", ["--config=configs/anomaly/ae.yaml", "--percentile=-1", *data]),
-        ("nll", [f"--ckpt={fitted['vae']}", "--samples=0", *data]),
+        ("nll", [f"--ckpt_path={fitted['vae']}", "--samples=0", *data]),
     ):
         code, err = exit_code_and_stderr(APPS[app], argv, capsys)
         assert code == 2 and "error: argument" in err and "must be" in err, err

@@ -3,7 +3,7 @@ only (normal), score all 10,000 test images (anomaly = any other digit) by recon
 (-ELBO for a VAE), and report the AUROC per digit and their mean. A threshold at a percentile of
 the validation scores of normal images gives yes/no decisions (precision, recall, F1).
 
-    aelight-anomaly --config configs/anomaly/ae.yaml --data-dir data/ --epochs 20 [aelight options]
+    aelight anomaly --config configs/anomaly/ae.yaml --data.data_dir data/ [any aelight fit option]
 """
 
 import argparse
@@ -12,7 +12,6 @@ import time
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
 
-from aelight import safe_files
 from aelight.apps import common
 from aelight.cli import build_cli
 
@@ -21,16 +20,12 @@ def train_one_class(args, digit: int):
     cli = build_cli(
         [
             *[f"--config={c}" for c in args.config],
-            f"--data.data_dir={args.data_dir}",
             "--data.download=false",
-            f"--data.classes=[{digit}]",
-            f"--data.val_size={args.val_size}",
-            f"--trainer.max_epochs={args.epochs}",
-            f"--trainer.logger.init_args.save_dir={args.save_dir}",
-            f"--trainer.logger.init_args.name=anomaly_digit{digit}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
-            *args.override,
+            *args.override,  # the user's aelight fit options
+            f"--data.classes=[{digit}]",
+            f"--trainer.logger.init_args.name=anomaly_digit{digit}",
         ],
         run=False,
     )
@@ -73,11 +68,16 @@ def percentile(text: str) -> float:
 
 
 def run(args) -> dict:
-    safe_files.check_writable(args.save_dir, "choose another with --save-dir DIR")  # before training anything
     bad_digits = [d for d in args.digits if d not in range(10)]
     if bad_digits:
         raise common.AelightError(f"--digits: {bad_digits} are not digits from 0 to 9")
-    report = {"config": args.config, "epochs": args.epochs, "score": None, "percentile": args.percentile, "digits": {}}
+    report = {
+        "config": args.config,
+        "options": args.override,
+        "score": None,
+        "percentile": args.percentile,
+        "digits": {},
+    }
     histograms = {}
     for digit in args.digits:
         model, dm, best, seconds = train_one_class(args, digit)
@@ -121,17 +121,24 @@ def figures(report: dict, histograms: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = common.base_parser(__doc__, checkpoint=False)
+    parser = common.application_parser(
+        "anomaly",
+        "One-class anomaly detection: for each digit, trains the model of --config on that digit's training\n"
+        "images only (an ordinary `aelight fit` run, logged as anomaly_digit<d>), scores the 10,000 test\n"
+        "images by reconstruction error (-ELBO for a VAE; any other digit is an anomaly) and reports the\n"
+        "AUROC per digit and their mean. Any other option is an `aelight fit` option applied to every\n"
+        "digit's run, e.g. --data.data_dir data/ --trainer.max_epochs 20 --model.init_args.lr 3e-4.",
+        "one run folder per digit (<save_dir>/anomaly_digit<d>/version_N/, TensorBoard logs and\n"
+        "checkpoints), and report.json (AUROC, threshold, precision, recall, F1 per digit; mean AUROC) and\n"
+        "score_histograms.png into lightning_logs/apps/anomaly/ (or --out DIR).",
+        checkpoint=False,
+        data=False,
+    )
     parser.add_argument("--config", action="append", required=True, help="aelight config(s) of the model to train")
-    parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--epochs", type=common.positive_int, default=20)
+    parser.add_argument(
+        "--digits", type=int, nargs="+", default=list(range(10)), help="the normal classes, one run each"
+    )
     parser.add_argument(
         "--percentile", type=percentile, default=95.0, help="threshold: this percentile (0-100) of normal scores"
     )
-    parser.add_argument("--save-dir", default="lightning_logs", help="where the one-class runs are logged")
-    # options it does not know go to the training runs, e.g. --model.init_args...
     common.run_main(run, parser, argv, forward=True, report="anomaly")
-
-
-if __name__ == "__main__":
-    main()

@@ -21,16 +21,29 @@ from aelight.errors import AelightError  # noqa: F401 - re-exported for the comm
 from aelight.models import AE
 
 
-def base_parser(description: str, checkpoint: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def application_parser(
+    name: str, description: str, writes: str, checkpoint: bool = True, data: bool = True
+) -> argparse.ArgumentParser:
+    """The options every application shares, spelt as in ``aelight fit`` (``--ckpt_path``,
+    ``--data.data_dir``); ``writes`` (what the command writes) ends its ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=f"aelight {name}",
+        description=description,
+        epilog=f"Writes {writes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if checkpoint:
         parser.add_argument(
-            "--ckpt", required=True, help="a checkpoint written by `aelight fit` (best.ckpt or last.ckpt)"
+            "--ckpt_path", required=True, help="a checkpoint written by `aelight fit` (best.ckpt or last.ckpt)"
         )
-    parser.add_argument("--data-dir", default="data/", help="folder holding MNIST/raw")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="report folder (default: <run>/apps/<command>/)")
-    parser.add_argument("--val-size", type=int, default=5000, help="validation split of the official training set")
+    if data:
+        parser.add_argument("--data.data_dir", dest="data_dir", default="data/", help="folder holding MNIST/raw")
+        parser.add_argument(
+            "--data.val_size", dest="val_size", type=int, default=5000, help="validation split of the training set"
+        )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    default = f"<run>/apps/{name}/, beside the checkpoint's folder" if checkpoint else f"lightning_logs/apps/{name}/"
+    parser.add_argument("--out", default=None, help=f"report folder (default: {default})")
     return parser
 
 
@@ -65,7 +78,7 @@ def run_main(
     try:
         check_device(args.device)
         if report:
-            folder = report_dir_path(getattr(args, "ckpt", None), report, args.out)
+            folder = report_dir_path(getattr(args, "ckpt_path", None), report, args.out)
             created = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
             args.report_folder = prepare_report_dir(folder)
         fn(args)

@@ -1,7 +1,7 @@
 """Denoising: PSNR and SSIM of the noisy input, the denoising autoencoder's output and the best
 classical filter (Gaussian blur or median, its setting tuned on validation data), on the test set.
 
-    aelight-denoise --ckpt lightning_logs/denoising/version_0/checkpoints/best.ckpt --data-dir data/
+    aelight denoise --ckpt_path lightning_logs/denoising/version_0/checkpoints/best.ckpt --data.data_dir data/
 
 PSNR is per image, averaged over images, in dB; identical images give an infinite PSNR.
 """
@@ -55,12 +55,12 @@ def scores(pred: Tensor, target: Tensor) -> dict:
 
 
 def evaluate(args) -> dict:
-    model = common.load_model(args.ckpt, args.device)
+    model = common.load_model(args.ckpt_path, args.device)
     dm = common.data(args.data_dir, val_size=args.val_size)
     val, _ = common.images_and_labels(dm, "val", args.device)
     test, _ = common.images_and_labels(dm, "test", args.device)
     filters = classical_filters()
-    report = {"checkpoint": args.ckpt, "model": type(model).__name__, "device": common.device_name(args.device)}
+    report = {"checkpoint": args.ckpt_path, "model": type(model).__name__, "device": common.device_name(args.device)}
     examples = {}
     for name, (kind, level) in CORRUPTIONS.items():
         noisy_val = noisy_version(val, kind, level, seed=1)
@@ -124,8 +124,13 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    common.run_main(run, common.base_parser(__doc__), argv, report="denoise")
-
-
-if __name__ == "__main__":
-    main()
+    parser = common.application_parser(
+        "denoise",
+        "Denoising: PSNR and SSIM of the noisy test images, of the model's output and of the best classical\n"
+        "filter (Gaussian blur or median, tuned on validation data) for Gaussian noise 0.25 and 0.5 and\n"
+        "50% masking.",
+        "report.json (PSNR/SSIM per corruption and method), examples_<corruption>.png (noisy, filtered,\n"
+        "model output, clean rows) and psnr.png into <run>/apps/denoise/ (or --out DIR), and the figures\n"
+        "to TensorBoard.",
+    )
+    common.run_main(run, parser, argv, report="denoise")

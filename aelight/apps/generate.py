@@ -5,8 +5,8 @@ trained once and cached): mean top-class confidence, entropy of the predicted-cl
 features of 10,000 samples and of the 10,000 test images. The baseline is a plain autoencoder's
 decoder fed codes drawn from a Gaussian fitted to its training codes.
 
-    aelight-generate --ckpt lightning_logs/vae/version_0/checkpoints/best.ckpt \\
-        --baseline-ckpt lightning_logs/ae/version_0/checkpoints/best.ckpt --data-dir data/
+    aelight generate --ckpt_path lightning_logs/vae/version_0/checkpoints/best.ckpt \\
+        --baseline_ckpt_path lightning_logs/ae/version_0/checkpoints/best.ckpt --data.data_dir data/
 """
 
 import math
@@ -62,10 +62,12 @@ def manifold(model, size: int = 20) -> Tensor:
 
 
 def run(args) -> dict:
-    model = common.load_model(args.ckpt, args.device)
+    model = common.load_model(args.ckpt_path, args.device)
     if not callable(getattr(model, "sample", None)):
-        raise common.AelightError(f"{args.ckpt} holds a {type(model).__name__}, not a generative model (use a VAE)")
-    baseline = common.load_model(args.baseline_ckpt, args.device) if args.baseline_ckpt else None
+        raise common.AelightError(
+            f"{args.ckpt_path} holds a {type(model).__name__}, not a generative model (use a VAE)"
+        )
+    baseline = common.load_model(args.baseline_ckpt_path, args.device) if args.baseline_ckpt_path else None
     dm = common.data(args.data_dir, val_size=args.val_size)
     test_x, _ = common.images_and_labels(dm, "test", args.device)
     train_x, _ = common.full_training_set(dm, args.device)
@@ -73,7 +75,7 @@ def run(args) -> dict:
         args.classifier, args.data_dir, args.device, args.classifier_epochs, args.val_size
     )
     torch.manual_seed(0)
-    report = {"checkpoint": args.ckpt, "classifier": args.classifier, "classifier_test_accuracy": accuracy}
+    report = {"checkpoint": args.ckpt_path, "classifier": args.classifier, "classifier_test_accuracy": accuracy}
     report["vae"], vae_samples = quality(model.sample, args.samples, classifier, test_x, args.device)
     test_quality, _ = quality(lambda n: test_x[:n], len(test_x), classifier, test_x, args.device)
     report["test_images_reference"] = {k: v for k, v in test_quality.items() if k != "frechet_distance"}
@@ -81,7 +83,7 @@ def run(args) -> dict:
     if baseline is not None:
         sampler = gaussian_code_sampler(baseline, train_x)
         report["ae_gaussian_codes"], baseline_samples = quality(sampler, args.samples, classifier, test_x, args.device)
-        report["baseline_checkpoint"] = args.baseline_ckpt
+        report["baseline_checkpoint"] = args.baseline_ckpt_path
     report["samples"] = args.samples
     report["device"] = common.device_name(args.device)
     folder = args.report_folder
@@ -113,15 +115,26 @@ def grid_figure(images: Tensor, title: str, ncol: int = 8):
 
 
 def main(argv=None) -> None:
-    parser = common.base_parser(__doc__)
-    parser.add_argument("--baseline-ckpt", default=None, help="a plain AE checkpoint for the Gaussian-code baseline")
-    parser.add_argument("--classifier", default="lightning_logs/mnist_classifier/classifier.ckpt")
-    parser.add_argument("--samples", type=common.positive_int, default=10000)
+    parser = common.application_parser(
+        "generate",
+        "Generation: a VAE's prior samples and interpolations, judged by an MNIST classifier (trained once\n"
+        "and cached): its mean confidence, the entropy of its predicted classes and the Frechet distance of\n"
+        "its features to the test images'.",
+        "report.json (sample quality of the VAE, of the test images and of the optional baseline) and\n"
+        "vae_samples.png, interpolation.png, manifold.png (2-D latents), ae_gaussian_code_samples.png\n"
+        "(with --baseline_ckpt_path) into <run>/apps/generate/ (or --out DIR), and the figures to\n"
+        "TensorBoard; the classifier is cached at --classifier.",
+    )
     parser.add_argument(
-        "--classifier-epochs", type=common.positive_int, default=4, help="if the classifier must be trained"
+        "--baseline_ckpt_path", default=None, help="a plain AE checkpoint: its decoder fed Gaussian-fitted codes"
+    )
+    parser.add_argument(
+        "--classifier",
+        default="lightning_logs/mnist_classifier/classifier.ckpt",
+        help="the judge's checkpoint, trained and written here if missing",
+    )
+    parser.add_argument("--samples", type=common.positive_int, default=10000, help="samples judged")
+    parser.add_argument(
+        "--classifier_epochs", type=common.positive_int, default=4, help="if the classifier must be trained"
     )
     common.run_main(run, parser, argv, report="generate")
-
-
-if __name__ == "__main__":
-    main()

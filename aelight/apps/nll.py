@@ -1,7 +1,7 @@
 """Test negative log-likelihood of a VAE on binarized MNIST (fixed, seeded binarisation of the test
 set), by importance sampling with the encoder as proposal: -log (1/k) sum_i p(x, z_i) / q(z_i | x).
 
-    aelight-nll --ckpt lightning_logs/vae_binarized/version_0/checkpoints/best.ckpt --data-dir data/
+    aelight nll --ckpt_path lightning_logs/vae_binarized/version_0/checkpoints/best.ckpt --data.data_dir data/
 """
 
 import time
@@ -12,9 +12,9 @@ from aelight.apps import common
 
 
 def run(args) -> dict:
-    model = common.load_model(args.ckpt, args.device)
+    model = common.load_model(args.ckpt_path, args.device)
     if not hasattr(model, "log_likelihood"):
-        raise common.AelightError(f"{args.ckpt} holds a {type(model).__name__}, not a VAE")
+        raise common.AelightError(f"{args.ckpt_path} holds a {type(model).__name__}, not a VAE")
     dm = common.data(args.data_dir, val_size=args.val_size, binarize=True)
     x, _ = common.images_and_labels(dm, "test", args.device)
     x = x[: args.limit] if args.limit else x
@@ -24,7 +24,7 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     minus_elbo = torch.cat([-model.log_weights(b, 1).squeeze(0) for b in x.split(args.batch_size)])
     report = {
-        "checkpoint": args.ckpt,
+        "checkpoint": args.ckpt_path,
         "importance_samples": args.samples,
         "test_images": len(x),
         "test_nll_nats": -log_px.mean().item(),
@@ -37,13 +37,14 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = common.base_parser(__doc__)
+    parser = common.application_parser(
+        "nll",
+        "Test negative log-likelihood of a VAE on binarized MNIST by importance sampling (k samples per\n"
+        "image, the encoder as proposal), beside its ELBO.",
+        "report.json (NLL and -ELBO in nats, samples, seconds) into <run>/apps/nll/ (or --out DIR).",
+    )
     parser.add_argument("--samples", type=common.positive_int, default=5000, help="importance samples per image (k)")
     parser.add_argument("--chunk", type=common.positive_int, default=500, help="samples per decoder pass (memory)")
-    parser.add_argument("--batch-size", type=common.positive_int, default=100)
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
+    parser.add_argument("--batch_size", type=common.positive_int, default=100, help="test images per pass")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images (0: all)")
     common.run_main(run, parser, argv, report="nll")
-
-
-if __name__ == "__main__":
-    main()

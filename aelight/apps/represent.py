@@ -1,14 +1,14 @@
 """Dimensionality reduction and feature extraction with a trained encoder.
 
-``aelight-reduce``: encode the test set; a 5-nearest-neighbour classifier fitted on the 60,000
+``aelight reduce``: encode the test set; a 5-nearest-neighbour classifier fitted on the 60,000
 training codes scores the codes; a scatter plot coloured by digit for a 2-D code; the TensorBoard
 embedding projector (with image sprites) for any code size.
 
-``aelight-features``: freeze the encoder, fit a multinomial logistic regression on the training
+``aelight features``: freeze the encoder, fit a multinomial logistic regression on the training
 codes, report test accuracy.
 
-    aelight-reduce --ckpt lightning_logs/ae_2d/version_0/checkpoints/best.ckpt --data-dir data/
-    aelight-features --ckpt lightning_logs/sparse_features/version_0/checkpoints/best.ckpt --data-dir data/
+    aelight reduce --ckpt_path lightning_logs/ae_2d/version_0/checkpoints/best.ckpt --data.data_dir data/
+    aelight features --ckpt_path lightning_logs/sparse_features/version_0/checkpoints/best.ckpt --data.data_dir data/
 """
 
 import time
@@ -20,7 +20,7 @@ from aelight.apps import common
 
 
 def codes(args):
-    model = common.load_model(args.ckpt, args.device)
+    model = common.load_model(args.ckpt_path, args.device)
     dm = common.data(args.data_dir, val_size=args.val_size)
     train_x, train_y = common.full_training_set(dm, args.device)
     test_x, test_y = common.images_and_labels(dm, "test", args.device)
@@ -53,7 +53,7 @@ def logistic_predictions(train_codes, train_labels, test_codes, max_iter: int = 
 def run_reduce(args) -> dict:
     model, train_c, train_y, test_c, test_y, test_x = codes(args)
     report = {
-        "checkpoint": args.ckpt,
+        "checkpoint": args.ckpt_path,
         "model": type(model).__name__,
         "code_size": int(test_c.shape[1]),
         "knn5_test_accuracy": knn_accuracy(train_c, train_y, test_c, test_y),
@@ -97,7 +97,7 @@ def run_features(args) -> dict:
     predicted = logistic_predictions(train_c, train_y, test_c, args.max_iter)
     accuracy = float((predicted == test_y).mean())
     report = {
-        "checkpoint": args.ckpt,
+        "checkpoint": args.ckpt_path,
         "model": type(model).__name__,
         "code_size": int(test_c.shape[1]),
         "logistic_regression_test_accuracy": accuracy,
@@ -137,12 +137,27 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):
 
 
 def main_reduce(argv=None) -> None:
-    parser = common.base_parser("Dimensionality reduction: 5-NN accuracy of the codes, scatter plot, projector.")
-    parser.add_argument("--projector-images", type=int, default=2000, help="test images shown in the projector")
+    parser = common.application_parser(
+        "reduce",
+        "Dimensionality reduction: encodes the test set with a trained model and scores the codes with a\n"
+        "5-nearest-neighbour classifier fitted on the 60,000 training codes.",
+        "report.json (5-NN test accuracy, code size), scatter.png (test codes coloured by digit, 2-D codes\n"
+        "only) and the TensorBoard projector's files (test codes with digit labels and image sprites) into\n"
+        "<run>/apps/reduce/ (or --out DIR); view them with `tensorboard --logdir <run>`.",
+    )
+    parser.add_argument(
+        "--projector_images", type=common.positive_int, default=2000, help="test images shown in the projector"
+    )
     common.run_main(run_reduce, parser, argv, report="reduce")
 
 
 def main_features(argv=None) -> None:
-    parser = common.base_parser("Feature extraction: logistic regression on the frozen encoder's codes.")
-    parser.add_argument("--max-iter", type=int, default=1000)
+    parser = common.application_parser(
+        "features",
+        "Feature extraction: freezes the trained encoder, fits a multinomial logistic regression on the\n"
+        "training codes and reports its test accuracy.",
+        "report.json (test accuracy, fit time) and confusion.png (the test errors by true and predicted\n"
+        "digit) into <run>/apps/features/ (or --out DIR), and the figure to TensorBoard.",
+    )
+    parser.add_argument("--max_iter", type=common.positive_int, default=1000, help="iterations of the lbfgs solver")
     common.run_main(run_features, parser, argv, report="features")
