@@ -16,21 +16,25 @@ from typing import Optional
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aelight import safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
+from aelight.callbacks.progress import OptimizerStepProgressBar
 from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
+from aelight.loggers import OptimizerStepAxis
 from aelight.models import AE
+from aelight.runtime import skip_repeated_gpu_probe
 
 CKPT_ALIASES = ("best", "last")
-TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
+TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 # The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
 # the same command line (they must log into the same folder, not claim their own).
@@ -197,6 +201,12 @@ class AELightCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()  # atomic writes, clear load errors
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar:  # Lightning's default bar (not a user's own): count optimizer steps
+            engine = (self.config_init[self.subcommand] if self.subcommand else self.config_init).engine
+            trainer.callbacks[trainer.callbacks.index(bar)] = OptimizerStepProgressBar(
+                engine.steps_per_batch, bar.refresh_rate
+            )
         return trainer
 
     @staticmethod
@@ -227,7 +237,7 @@ class AELightCLI(LightningCLI):
 
 
 def _is_tensorboard(logger) -> bool:
-    return getattr(logger, "class_path", None) == TENSORBOARD
+    return getattr(logger, "class_path", None) in TENSORBOARD_LOGGERS
 
 
 def _version_number(ckpt_path: str) -> int:
@@ -292,6 +302,7 @@ def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
         trainer_defaults={
             "max_epochs": 50,
             "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "lightning_logs", "name": "auto"}},
+            "callbacks": [OptimizerStepAxis()],  # added to every run's callbacks
         },
         args=args,
         run=run,
@@ -368,6 +379,7 @@ def overview() -> str:
 def main(args: Optional[list] = None) -> None:
     from aelight.apps import APPLICATIONS, run_application
 
+    skip_repeated_gpu_probe()  # a setting of the whole process, made where the process starts
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in APPLICATIONS:
         run_application(argv[0], argv[1:])

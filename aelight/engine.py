@@ -7,7 +7,8 @@ A model says what one training step computes (``AE.training_terms``: the loss te
   module serves them; the CLI links ``data.steps_per_batch`` to this value) and the engine takes N
   optimizer steps on it, so Lightning's per-batch overhead (about 1 ms on a CPU, more than a step
   of a small model) is paid once per N steps. The batch size per step, the steps per epoch,
-  ``trainer.global_step`` and ``max_steps`` keep their meaning; an LR scheduler steps once an epoch.
+  ``trainer.global_step``, ``max_steps`` and ``log_every_n_steps`` (rounded to whole batches)
+  keep their meaning of optimizer steps; an LR scheduler steps once an epoch.
 - direct steps: Lightning's path for a manual step (``manual_backward``, ``LightningOptimizer.step``)
   is ``loss.backward()`` and ``optimizer.step()`` plus hook calls of every callback, profiler
   marks and step counting. Where those hooks do nothing (one device, no loss scaling, no profiler,
@@ -39,7 +40,6 @@ from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
 from aelight.lightning_compat import count_optimizer_step, logger_will_write
 from aelight.models.autoencoder import stack_terms
-from aelight.runtime import skip_repeated_gpu_probe
 
 # Speed settings that were model hyperparameters before the engine had its own config key: old
 # checkpoints still carry them, and loading drops them.
@@ -66,6 +66,7 @@ class TrainingEngine(L.Callback):
         self.steps_per_batch, self.cuda_graph, self.compile_step = steps_per_batch, cuda_graph, compile_step
         self.direct_steps = False  # decided when training starts
         self.graphed_step: Optional[GraphedStep] = None
+        self._log_every_n_steps: Optional[int] = None  # trainer.log_every_n_steps as the user set it
         self._terms_fn = None
         self._epoch = EpochTerms()
 
@@ -76,7 +77,6 @@ class TrainingEngine(L.Callback):
 
     # --- Lightning hooks -------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        skip_repeated_gpu_probe()
         if stage != "fit" or not self.drives_steps:
             return
         if trainer.accumulate_grad_batches != 1:
@@ -92,6 +92,11 @@ class TrainingEngine(L.Callback):
         # trainer.gradient_clip_val (below) replaces Lightning's automatic one.
         pl_module.automatic_optimization = False
         pl_module.training_engine = self
+        # trainer.log_every_n_steps counts optimizer steps, as TensorBoard's axis does; Lightning
+        # counts batches when deciding to write, and each batch here is steps_per_batch steps.
+        if self._log_every_n_steps is None:
+            self._log_every_n_steps = trainer.log_every_n_steps
+        trainer.log_every_n_steps = max(1, round(self._log_every_n_steps / self.steps_per_batch))
         self._terms_fn = torch.compile(pl_module.training_terms) if self.compile_step else pl_module.training_terms
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -1,4 +1,5 @@
-"""Process-level settings that make training faster without changing results."""
+"""Process-level settings that make training faster without changing results; the ``aelight``
+command makes them when it starts (from Python, call them before training)."""
 
 import os
 

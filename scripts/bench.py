@@ -26,7 +26,7 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
-from aelight.data.device_batches import to_float_images  # noqa: E402
+from aelight.data.pixels import to_float_images  # noqa: E402
 from aelight.engine import TrainingEngine  # noqa: E402
 
 

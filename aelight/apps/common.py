@@ -15,7 +15,7 @@ from torch import Tensor
 from aelight import safe_files, trust
 from aelight.checkpoint_io import weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
-from aelight.data.device_batches import to_float_images
+from aelight.data.pixels import to_float_images
 from aelight.engine import LEGACY_MODEL_KEYS
 from aelight.errors import AelightError  # noqa: F401 - re-exported for the commands
 from aelight.models import AE

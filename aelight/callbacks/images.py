@@ -2,7 +2,7 @@
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger  # aelight's logger is one too
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 

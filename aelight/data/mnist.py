@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from aelight.data.device_batches import DeviceBatches, to_float_images
+from aelight.data.device_batches import DeviceBatches
 from aelight.data.idx import IDX_FILES, NUM_CLASSES, check_raw_folder
+from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError, DataError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}

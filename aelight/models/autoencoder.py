@@ -36,7 +36,7 @@ EVAL_STAGES = ("val", "test")
 def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
     """MSE, per-image PSNR (dB, averaged over images) and SSIM, for images in [0, 1], of each stage.
 
-    ``val_in_fit`` leaves SSIM out: torchmetrics' 11x11 Gaussian filter takes about 0.1 s per
+    ``val_during_fit`` leaves SSIM out: torchmetrics' 11x11 Gaussian filter takes about 0.1 s per
     1,000 MNIST images on a 2-core CPU, so SSIM of the 5,000 validation images every epoch would
     cost twice a training epoch of the reference model there.
     """
@@ -47,7 +47,7 @@ def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
             metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
         return MetricCollection(metrics, prefix=f"{stage}/{prefix}")
 
-    return nn.ModuleDict({**{s: collection(s) for s in EVAL_STAGES}, "val_in_fit": collection("val", ssim=False)})
+    return nn.ModuleDict({**{s: collection(s) for s in EVAL_STAGES}, "val_during_fit": collection("val", ssim=False)})
 
 
 def stack_terms(terms: dict[str, Tensor]) -> Tensor:
@@ -90,7 +90,7 @@ class AE(L.LightningModule):
             self.save_hyperparameters()
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if not _is_plain(v)])
         self.encoder = encoder if encoder is not None else MLPEncoder()
-        self.decoder = decoder if decoder is not None else MLPDecoder(in_features=self.code_features)
+        self.decoder = decoder if decoder is not None else MLPDecoder(in_features=self.code_size)
         self._check_code_size()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -108,7 +108,7 @@ class AE(L.LightningModule):
 
     # --- what the variants override -------------------------------------------------------
     @property
-    def code_features(self) -> int:
+    def code_size(self) -> int:
         """Size of the code the decoder takes."""
         return self.encoder.out_features
 
@@ -194,7 +194,7 @@ class AE(L.LightningModule):
     def stage_metrics(self, metrics: nn.ModuleDict, stage: str) -> MetricCollection:
         """The metrics of ``stage`` from ``reconstruction_metrics``: without SSIM in fit's validation."""
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        return metrics["val_in_fit"] if stage == "val" and fitting and not self.ssim_in_fit else metrics[stage]
+        return metrics["val_during_fit"] if stage == "val" and fitting and not self.ssim_in_fit else metrics[stage]
 
     def update_metrics(self, metrics: MetricCollection, recon: Tensor, x: Tensor) -> None:
         shape = (-1, *x.shape[1:]) if x.dim() == 4 else (-1, 1, 28, 28)
@@ -235,9 +235,9 @@ class AE(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 
     def _check_code_size(self) -> None:
-        wanted = getattr(self.decoder, "in_features", self.code_features)
-        if wanted != self.code_features:
+        wanted = getattr(self.decoder, "in_features", self.code_size)
+        if wanted != self.code_size:
             raise ConfigError(
                 f"{type(self).__name__}: the decoder takes codes of size {wanted} but the encoder gives "
-                f"{self.code_features}; set decoder.init_args.in_features to {self.code_features}"
+                f"{self.code_size}; set decoder.init_args.in_features to {self.code_size}"
             )

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from aelight.data.device_batches import to_float_images
+from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError
 from aelight.models.autoencoder import AE
 from aelight.neighbor_graph import curve_parameters, fuzzy_graph

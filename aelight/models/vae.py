@@ -63,7 +63,7 @@ class VAE(AE):
     def latent_dim(self) -> int:
         return self.encoder.out_features // 2
 
-    code_features = latent_dim
+    code_size = latent_dim
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
