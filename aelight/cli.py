@@ -28,7 +28,7 @@ from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_misma
 from aelight.data import MNISTDataModule
 from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
-from aelight.loggers import OptimizerStepAxis
+from aelight.loggers import TensorBoardRun
 from aelight.models import AE
 from aelight.runtime import skip_repeated_gpu_probe
 
@@ -36,6 +36,7 @@ CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+PRUNED_EXIT = 3  # a run of aelight sweep that its pruning callback stopped (aelight.sweep.PRUNED_EXIT)
 # The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
 # the same command line (they must log into the same folder, not claim their own).
 RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"
@@ -302,7 +303,7 @@ def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
         trainer_defaults={
             "max_epochs": 50,
             "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "lightning_logs", "name": "auto"}},
-            "callbacks": [OptimizerStepAxis()],  # added to every run's callbacks
+            "callbacks": [TensorBoardRun()],  # added to every run's callbacks: step axis, HParams
         },
         args=args,
         run=run,
@@ -371,6 +372,10 @@ def overview() -> str:
         "Applications of a trained checkpoint (reports under <run>/apps/<command>/):",
         *(f"  {name:<10}{text}" for name, (_, _, text) in APPLICATIONS.items()),
         "",
+        "Many runs:",
+        f"  {'sweep':<10}a grid or search from a YAML spec, on every device (Optuna):",
+        f"  {'':<10}aelight sweep configs/sweeps/variants.yaml --data.data_dir data/",
+        "",
         "`aelight COMMAND --help` lists a command's options and what it writes.",
     ]
     return "\n".join(lines)
@@ -384,6 +389,11 @@ def main(args: Optional[list] = None) -> None:
     if argv and argv[0] in APPLICATIONS:
         run_application(argv[0], argv[1:])
         return
+    if argv and argv[0] == "sweep":
+        from aelight import sweep
+
+        sweep.run(argv[1:])
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(overview(), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
@@ -391,7 +401,7 @@ def main(args: Optional[list] = None) -> None:
     _output_folder.clear()
     threading.excepthook = _quiet_output_errors_in_threads
     try:
-        build_cli(argv)
+        build_cli(args)  # None: LightningCLI reads the command line itself
     except SIGTERMException:
         print(
             "aelight: stopped by SIGTERM; the last checkpoint written is intact: continue the run with "
@@ -400,6 +410,9 @@ def main(args: Optional[list] = None) -> None:
         )
         sys.exit(SIGTERM_EXIT)
     except Exception as err:
+        if type(err).__name__ == "TrialPruned":  # optuna's: aelight sweep's pruning callback stopped this run
+            print("aelight: stopped: the sweep pruned this trial (its val/loss trails the others')", file=sys.stderr)
+            sys.exit(PRUNED_EXIT)
         message = user_error(err)
         if message is None:
             raise

@@ -1,4 +1,4 @@
-"""The few private Lightning interfaces aelight needs, in one place.
+"""The few private Lightning (and torch) interfaces aelight needs, in one place.
 
 Each has no public equivalent in Lightning 2.6; ``tests/test_lightning_compat.py`` fails when a
 Lightning release changes one of them, and pyproject.toml admits only the tested Lightning range.
@@ -24,3 +24,9 @@ def logger_will_write(trainer) -> bool:
 # LightningCLI calls this method of itself right after parsing, before instantiating anything;
 # aelight.cli.AELightCLI overrides it to check a checkpoint before its hyperparameters are read.
 CLI_CHECKPOINT_HOOK = "_parse_ckpt_path"
+
+
+def summary_file_writer(writer):
+    """The event-file writer of a ``torch.utils.tensorboard.SummaryWriter``, for summaries that
+    SummaryWriter has no method for (TensorBoard's HParams records); Lightning uses it the same way."""
+    return writer._get_file_writer()

@@ -66,7 +66,12 @@ def test_reduce_and_features_commands(trained, tiny_data):
     run("reduce", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--projector_images=50"])
     report = read_report(trained["ae"], "reduce")
     assert report["code_size"] == 32 and 0.1 < report["knn5_test_accuracy"] <= 1
-    assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/sprite.png"))  # projector
+    projector = trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/")
+    assert glob.glob(projector + "sprite.png")
+    (metadata,) = glob.glob(projector + "metadata.tsv")  # each point's label and reconstruction error
+    header, *points = open(metadata).read().splitlines()
+    assert header == "label\trecon_error" and len(points) == 50
+    assert all(0 <= float(p.split("\t")[1]) < 1 for p in points)
     run("features", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--max_iter=200"])
     assert 0.1 < read_report(trained["ae"], "features")["logistic_regression_test_accuracy"] <= 1
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/features/confusion.png"))
@@ -75,8 +80,8 @@ def test_reduce_and_features_commands(trained, tiny_data):
 def test_aelight_help_lists_every_command_and_each_says_what_it_writes():
     proc = subprocess.run([sys.executable, "-m", "aelight", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    listed = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")}
-    assert listed == {"fit", "validate", "test", "predict", *APPLICATIONS}
+    listed = {line.split()[0] for line in proc.stdout.splitlines() if line[:2] == "  " and line[2:3].isalpha()}
+    assert listed == {"fit", "validate", "test", "predict", "sweep", *APPLICATIONS}
     writes = {"reduce": "scatter.png", "features": "confusion.png", "anomaly": "score_histograms.png",
               "generate": "vae_samples.png", "denoise": "psnr.png", "nll": "report.json"}  # fmt: skip
     for command in APPLICATIONS:

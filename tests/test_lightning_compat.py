@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 
-from aelight.lightning_compat import CLI_CHECKPOINT_HOOK, count_optimizer_step, logger_will_write
+from aelight.lightning_compat import CLI_CHECKPOINT_HOOK, count_optimizer_step, logger_will_write, summary_file_writer
 
 
 def test_lightning_cli_reads_the_checkpoint_through_the_hook_aelight_overrides():
@@ -68,3 +68,15 @@ def test_the_logger_connector_says_when_the_logger_writes(tmp_path):
     trainer.fit(Model(), data)
     assert seen.count(True) in (2, 3) and seen.count(False) >= 5  # every 3rd of 8 steps
     assert logger_will_write(object())  # outside a trainer: always
+
+
+def test_a_summary_writers_event_file_writer_takes_protocol_buffer_summaries(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        summary_file_writer(writer).add_summary(Summary(value=[Summary.Value(tag="x", simple_value=2.5)]), 7)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(7, 2.5)]

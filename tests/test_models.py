@@ -71,7 +71,7 @@ def test_vae_terms_sample_and_posterior_mean(batch):
     out = model(batch)
     terms = model.loss_terms(batch, out)
     assert terms["kl"] >= 0 and torch.isfinite(terms["elbo"])
-    assert torch.allclose(terms["elbo"], -(terms["recon"] + terms["kl"]))
+    assert torch.allclose(terms["elbo"], -(terms["recon_nll"] + terms["kl"]))
     per_sample_kl = VAE.kl_divergence(torch.zeros(3, 5), torch.zeros(3, 5))
     assert torch.equal(per_sample_kl, torch.zeros(3))  # q = prior gives KL 0
     assert model.sample(7).shape == (7, 1, 28, 28)
@@ -84,7 +84,7 @@ def test_vae_terms_sample_and_posterior_mean(batch):
 def test_vae_gaussian_likelihood_and_beta(batch):
     model = VAE(likelihood="gaussian", beta=4.0)
     terms = model.loss_terms(batch, model(batch))
-    assert torch.allclose(terms["loss"], terms["recon"] + 4.0 * terms["kl"])
+    assert torch.allclose(terms["loss"], terms["recon_nll"] + 4.0 * terms["kl"])
 
 
 def test_denoising_corrupts_training_input_only_and_targets_stay_clean(batch):
@@ -204,6 +204,6 @@ def test_contractive_ae_learns_and_contracts(batch):
     with torch.no_grad():
         terms = contractive.loss_terms(batch, contractive(batch))
         plain_jacobian = plain.loss_terms(batch, plain(batch))["jacobian_norm_sq"]
-    expected = (terms["recon"] + 0.1 * terms["jacobian_norm_sq"]).item()
+    expected = (terms["recon_mse"] + 0.1 * terms["jacobian_norm_sq"]).item()
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
     assert terms["jacobian_norm_sq"] < 0.5 * plain_jacobian  # the penalty keeps the encoder flat around the data

@@ -71,7 +71,7 @@ def test_embedding_loss_pulls_graph_neighbours_together():
     for _ in range(200):
         opt.zero_grad()
         terms = model.loss_terms(x, model(x))
-        assert set(terms) == {"loss", "recon", "embedding"}
+        assert set(terms) == {"loss", "recon_mse", "embedding"}
         terms["loss"].backward()
         opt.step()
     assert edge_to_random_ratio() < min(0.3, before / 2), before
@@ -89,7 +89,7 @@ def test_fit_builds_the_graph_and_validation_scores_the_whole_objective(tiny_dat
     heads, tails, _ = model.edges
     assert len(model.graph_images) == 500 and int(heads.max()) < 500 and int(tails.max()) < 500
     metrics = trainer.callback_metrics
-    assert float(metrics["val/loss"]) == pytest.approx(float(metrics["val/recon"] + 0.5 * metrics["val/embedding"]))
+    assert float(metrics["val/loss"]) == pytest.approx(float(metrics["val/recon_mse"] + 0.5 * metrics["val/embedding"]))
     first = float(metrics["val/embedding"])
     trainer.validate(model, data, verbose=False)  # the same seeded edges each time
     assert float(trainer.callback_metrics["val/embedding"]) == pytest.approx(first)

@@ -8,6 +8,7 @@ the validation scores of normal images gives yes/no decisions (precision, recall
 
 import argparse
 import time
+import warnings
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
@@ -17,18 +18,20 @@ from aelight.cli import build_cli
 
 
 def train_one_class(args, digit: int):
-    cli = build_cli(
-        [
-            *[f"--config={c}" for c in args.config],
-            "--data.download=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            *args.override,  # the user's aelight fit options
-            f"--data.classes=[{digit}]",
-            f"--trainer.logger.init_args.name=anomaly_digit{digit}",
-        ],
-        run=False,
-    )
+    with warnings.catch_warnings():  # the options are this command's, handed on: not a mistake
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = build_cli(
+            [
+                *[f"--config={c}" for c in args.config],
+                "--data.download=false",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                *args.override,  # the user's aelight fit options
+                f"--data.classes=[{digit}]",
+                f"--trainer.logger.init_args.name=anomaly_digit{digit}",
+            ],
+            run=False,
+        )
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start

@@ -64,7 +64,10 @@ def run_reduce(args) -> dict:
     if test_c.shape[1] == 2:
         figs["scatter"] = scatter(test_c, test_y, report["knn5_test_accuracy"])
     common.write_report(folder, report, figs)
-    projector(folder, test_c[: args.projector_images], test_y[: args.projector_images], test_x[: args.projector_images])
+    # a 2-D code shows every test image, as the scatter plot does; other codes a sample
+    n = args.projector_images or (len(test_c) if test_c.shape[1] == 2 else 2000)
+    errors = common.batched(lambda x: (model.reconstruct(x) - x).pow(2).flatten(1).mean(1), test_x[:n])
+    projector(folder, test_c[:n], test_y[:n], test_x[:n], errors.float().cpu().numpy())
     return report
 
 
@@ -81,13 +84,19 @@ def scatter(codes_2d: np.ndarray, labels: np.ndarray, accuracy: float):
     return fig
 
 
-def projector(folder, test_codes, labels, images) -> None:
-    """The TensorBoard embedding projector: codes with digit labels and image sprites."""
+def projector(folder, test_codes, labels, images, errors) -> None:
+    """The TensorBoard embedding projector: codes with their digit label and reconstruction error
+    (per-image MSE; colour or label points by either), and image sprites."""
     from torch.utils.tensorboard import SummaryWriter
 
+    metadata = [[str(int(label)), f"{error:.5f}"] for label, error in zip(labels, errors)]
     with SummaryWriter(str(folder)) as writer:
         writer.add_embedding(
-            torch.from_numpy(test_codes), metadata=labels.tolist(), label_img=images.cpu(), tag="test_codes"
+            torch.from_numpy(test_codes),
+            metadata=metadata,
+            metadata_header=["label", "recon_error"],
+            label_img=images.cpu(),
+            tag="test_codes",
         )
 
 
@@ -142,11 +151,15 @@ def main_reduce(argv=None) -> None:
         "Dimensionality reduction: encodes the test set with a trained model and scores the codes with a\n"
         "5-nearest-neighbour classifier fitted on the 60,000 training codes.",
         "report.json (5-NN test accuracy, code size), scatter.png (test codes coloured by digit, 2-D codes\n"
-        "only) and the TensorBoard projector's files (test codes with digit labels and image sprites) into\n"
+        "only) and the TensorBoard projector's files (test codes with digit label, reconstruction error\n"
+        "and image sprites) into\n"
         "<run>/apps/reduce/ (or --out DIR); view them with `tensorboard --logdir <run>`.",
     )
     parser.add_argument(
-        "--projector_images", type=common.positive_int, default=2000, help="test images shown in the projector"
+        "--projector_images",
+        type=common.positive_int,
+        default=None,
+        help="test images shown in the projector (default: all for a 2-D code, else 2000)",
     )
     common.run_main(run_reduce, parser, argv, report="reduce")
 

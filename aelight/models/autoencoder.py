@@ -122,8 +122,8 @@ class AE(L.LightningModule):
         return {"z": z, "logits": logits, "recon": torch.sigmoid(logits)}
 
     def loss_terms(self, x: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
-        recon = F.mse_loss(out["recon"].float(), x.float())
-        return {"loss": recon, "recon": recon}
+        recon_mse = F.mse_loss(out["recon"].float(), x.float())
+        return {"loss": recon_mse, "recon_mse": recon_mse}
 
     def preview(self, x: Tensor) -> list[tuple[str, Tensor]]:
         """Rows of images for the TensorBoard grid, top to bottom."""

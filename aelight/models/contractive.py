@@ -22,7 +22,7 @@ def jacobian_frobenius_sq(encoder: nn.Module, x: Tensor) -> Tensor:
 
 
 class ContractiveAE(AE):
-    """``loss = recon + contraction * ||J_f(x)||_F^2`` (both batch means); logs ``jacobian_norm_sq``."""
+    """``loss = recon_mse + contraction * ||J_f(x)||_F^2`` (both batch means); logs ``jacobian_norm_sq``."""
 
     def __init__(
         self,

@@ -97,9 +97,11 @@ class VAE(AE):
         return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
     def loss_terms(self, x: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
-        recon = self.reconstruction_nll(x, out["logits"]).mean()
+        recon_nll = self.reconstruction_nll(x, out["logits"]).mean()
         kl = self.kl_divergence(out["mu"], out["logvar"]).mean()
-        terms = {"loss": recon + self.beta * kl, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+        terms = {"loss": recon_nll + self.beta * kl, "recon_nll": recon_nll, "kl": kl, "elbo": -(recon_nll + kl)}
+        # The squared error every variant reports, to compare with them (the terms above are nats).
+        terms["recon_mse"] = F.mse_loss(out["recon"].float(), x.float())
         if self.iwae_samples > 1:
             log_w = self.log_weights(x, self.iwae_samples, (out["mu"], out["logvar"]))
             terms["iwae_bound"] = (torch.logsumexp(log_w, 0) - math.log(self.iwae_samples)).mean()

@@ -1,0 +1,526 @@
+"""``aelight sweep``: many runs from one YAML spec, on every device, with Optuna as the engine.
+
+    aelight sweep configs/sweeps/variants.yaml --data.data_dir data/ [--devices 0,1] [--workers_per_device 2]
+
+The spec names what varies (a grid and/or a search space over any ``aelight fit`` option, config
+files included), the seeds, the metric to optimise or report and the number of trials. The study
+lives in an Optuna storage (by default ``<out>/study.db``; ``--storage URL`` takes any database
+Optuna supports, so several machines join one sweep by running the same command). The command
+starts N worker processes per device; each takes trials from the study with Optuna's own samplers
+(grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs each as
+an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint) or ``aelight anomaly``,
+under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial and seed)
+and ``results.md`` (mean ± std over seeds per setting), and prints the latter.
+
+A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line
+reason and the others go on; Ctrl-C or SIGTERM stops the workers and their runs; running the same
+command again runs what is missing (interrupted trials included) and no finished trial twice.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from aelight import safe_files
+from aelight.errors import AelightError, ConfigError
+
+COMMANDS = ("fit", "anomaly")
+SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
+             "prune", "description"}  # fmt: skip
+PRUNED_EXIT = 3  # exit code of a trial run that the pruning callback stopped
+RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
+
+
+class TrialFailed(Exception):
+    """A trial's run ended without its metric; the message is the one-line reason."""
+
+
+# --- the spec --------------------------------------------------------------------------------------
+def load_spec(path: str) -> dict:
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise ConfigError(f"sweep spec {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep spec {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep spec {path}: expected a mapping of settings, got {type(spec).__name__}")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"sweep spec {path}: unknown key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    spec.setdefault("command", "fit")
+    if spec["command"] not in COMMANDS:
+        raise ConfigError(f"sweep spec {path}: command must be one of {COMMANDS}, got {spec['command']!r}")
+    spec["config"] = _as_list(spec.get("config"))
+    spec["grid"] = spec.get("grid") or {}
+    spec["search"] = spec.get("search") or {}
+    spec["seeds"] = _as_list(spec.get("seeds")) or [42]
+    spec["options"] = [str(o) for o in _as_list(spec.get("options"))]
+    for key, values in spec["grid"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep spec {path}: grid.{key} must be a non-empty list of values")
+    for key, space in spec["search"].items():
+        if not isinstance(space, dict) or not ({"low", "high"} <= set(space) or "choices" in space):
+            raise ConfigError(f"sweep spec {path}: search.{key} needs low and high (and optional log, int), or choices")
+    if spec["search"] and not isinstance(spec.get("trials"), int):
+        raise ConfigError(f"sweep spec {path}: a search needs trials: N (how many settings to try)")
+    if not spec["grid"] and not spec["search"]:
+        raise ConfigError(f"sweep spec {path}: give a grid and/or a search space")
+    if not spec["config"] and "config" not in spec["grid"]:
+        raise ConfigError(f"sweep spec {path}: name the base config(s) with config: or grid: {{config: [...]}}")
+    if not all(isinstance(s, int) for s in spec["seeds"]):
+        raise ConfigError(f"sweep spec {path}: seeds must be whole numbers")
+    spec.setdefault("metric", "test/mse" if spec["command"] == "fit" else "auroc")
+    spec.setdefault("direction", "maximize" if spec["metric"] in ("auroc", "test/psnr", "test/ssim") else "minimize")
+    if spec["direction"] not in ("minimize", "maximize"):
+        raise ConfigError(f"sweep spec {path}: direction must be minimize or maximize")
+    spec["report"] = _as_list(spec.get("report")) or [spec["metric"]]
+    if spec["metric"] not in spec["report"]:
+        spec["report"].insert(0, spec["metric"])
+    return spec
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _encode(value):
+    """A grid value as Optuna keeps it: plain values as they are, lists and mappings as JSON."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def _option(key: str, value) -> str:
+    if isinstance(value, str) and value.startswith(("[", "{")):
+        return f"--{key}={value}"
+    return f"--{key}={json.dumps(value) if not isinstance(value, str) else value}"
+
+
+# --- one trial ---------------------------------------------------------------------------------------
+def trial_commands(spec: dict, params: dict, seed: int, run_root: Path, extra: list[str]) -> list[list[str]]:
+    """The aelight command lines of one trial and seed (fit then test, or anomaly)."""
+    configs = [*spec["config"], *([params["config"]] if "config" in params else [])]
+    options = [_option(k, v) for k, v in params.items() if k not in ("config", "seed")]
+    common = [*(f"--config={c}" for c in configs), *spec["options"], *options, *extra]
+    logged = [f"--trainer.logger.init_args.save_dir={run_root}", "--trainer.enable_progress_bar=false"]
+    if spec["command"] == "anomaly":
+        return [["anomaly", *common, *logged, f"--seed_everything={seed}", f"--out={run_root / f'report_seed{seed}'}"]]
+    name = [f"--trainer.logger.init_args.name=seed{seed}"]
+    fit = ["fit", *common, *logged, *name, f"--seed_everything={seed}"]
+    if spec.get("prune") and spec["search"]:
+        fit.append('--trainer.callbacks+={"class_path": "aelight.sweep_pruning.SweepPruning"}')
+    if not any(m.startswith("test/") for m in spec["report"]):
+        return [fit]
+    best = run_root / f"seed{seed}" / "version_0" / "checkpoints" / "best.ckpt"
+    return [fit, ["test", *common, *logged, *name, f"--seed_everything={seed}", f"--ckpt_path={best}"]]
+
+
+def run_metrics(spec: dict, run_root: Path, seed: int) -> dict:
+    """The metrics a trial's run logged (last value of each scalar) or reported (anomaly)."""
+    if spec["command"] == "anomaly":
+        report = json.loads((run_root / f"report_seed{seed}" / "report.json").read_text())
+        (digit,) = report["digits"].values()
+        return {k: v for k, v in digit.items() if isinstance(v, (int, float))} | {"mean_auroc": report["mean_auroc"]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_root / f"seed{seed}" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+
+
+def run_one(cmd: list[str], env: dict, log: Path) -> None:
+    """Runs ``aelight <cmd>``; its output goes to ``log``. A non-zero exit raises TrialFailed
+    (or optuna.TrialPruned) with the run's own one-line reason."""
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aelight", *cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM of the sweep: stop the run, then report
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if code == PRUNED_EXIT:
+        import optuna
+
+        raise optuna.TrialPruned()
+    if code:
+        reason = failure_reason(log.read_text(errors="replace"), code)
+        raise TrialFailed(f"aelight {cmd[0]} exited with {code}: {reason}"[:500])
+
+
+def failure_reason(output: str, code: int) -> str:
+    """The one line that says why a run failed: aelight's own message, else the parser's (with the
+    lines that explain it), else the last exception line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("aelight: error:"):
+            return line.removeprefix("aelight: error: ")
+    for i, line in enumerate(lines):
+        if line.startswith("error:"):
+            detail = [rest.strip(" -") for rest in lines[i + 1 : i + 5] if rest.startswith(" ")]
+            return " ".join([line, *detail])
+    errors = [line for line in lines if "Error" in line]
+    return (errors or lines or [f"exit code {code}"])[-1]
+
+
+def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage: str) -> float:
+    import optuna
+
+    params = {key: trial.suggest_categorical(key, [_encode(v) for v in values]) for key, values in spec["grid"].items()}
+    for key, space in spec["search"].items():
+        if "choices" in space:
+            params[key] = trial.suggest_categorical(key, [_encode(v) for v in space["choices"]])
+        elif space.get("int"):
+            params[key] = trial.suggest_int(key, int(space["low"]), int(space["high"]), log=bool(space.get("log")))
+        else:
+            params[key] = trial.suggest_float(
+                key, float(space["low"]), float(space["high"]), log=bool(space.get("log"))
+            )
+    # A grid spreads its seeds over trials; a search tries each setting with every seed.
+    seeds = [trial.suggest_categorical("seed", spec["seeds"])] if not spec["search"] else spec["seeds"]
+    run_root = out / "runs" / f"trial_{trial.number}"
+    run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
+    trial.set_user_attr("run", str(run_root))
+    trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
+    env = {**env, "AELIGHT_SWEEP_TRIAL": json.dumps([storage, trial.study.study_name, trial.number])}
+    start, values, per_seed = time.time(), [], {}
+    try:
+        for seed in seeds:
+            for cmd in trial_commands(spec, params, seed, run_root, extra):
+                run_one(cmd, env, run_root / "output.log")
+            metrics = run_metrics(spec, run_root, seed)
+            per_seed[str(seed)] = {m: metrics.get(m) for m in spec["report"]}
+            value = metrics.get(spec["metric"])
+            if value is None or not math.isfinite(value):
+                raise TrialFailed(f"the run logged no finite {spec['metric']}")
+            values.append(value)
+    except TrialFailed as err:
+        trial.set_user_attr("reason", str(err))
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("reason", "interrupted")
+        raise
+    except optuna.TrialPruned:
+        trial.set_user_attr("reason", "pruned")
+        raise
+    finally:
+        trial.set_user_attr("seconds", round(time.time() - start, 2))
+        trial.set_user_attr("metrics", per_seed)
+    return statistics.fmean(values)
+
+
+# --- the study ---------------------------------------------------------------------------------------
+def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: int = 0):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec["search"]:
+        sampler = optuna.samplers.TPESampler(seed=worker_index)  # workers draw different settings
+        pruner = optuna.pruners.MedianPruner(n_warmup_steps=2) if spec.get("prune") else optuna.pruners.NopPruner()
+    else:
+        space = {key: [_encode(v) for v in values] for key, values in spec["grid"].items()}
+        sampler, pruner = optuna.samplers.GridSampler({**space, "seed": spec["seeds"]}, seed=0), None
+    if create:
+        return optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=spec["direction"],
+            load_if_exists=True,
+        )  # fmt: skip
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def requeue_interrupted(study, storage_url: str) -> int:
+    """Trials a killed or stopped sweep left behind are run again: RUNNING ones whose worker on this
+    machine is gone become failed ("interrupted"), and each interrupted setting with no other trial
+    finishing or running it is queued once more. Returns how many were queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    storage = optuna.storages.get_storage(storage_url)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where = t.user_attrs.get(RUNNING_HERE, "")
+        if where.startswith(f"{host}:") and not _alive(int(where.split(":")[1])):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_user_attr(trial_id, "reason", "interrupted")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    pending = {_key(t.params) for t in trials if not t.user_attrs.get("interrupted")}
+    pending |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    queued = 0
+    for t in trials:
+        if t.user_attrs.get("interrupted") and t.params and _key(t.params) not in pending:
+            study.enqueue_trial(t.params)
+            pending.add(_key(t.params))
+            queued += 1
+    return queued
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def left_to_start(study, spec: dict) -> int:
+    """How many of the spec's trials no worker has started yet: ended ones (interrupted ones do not
+    count) and running ones are taken; queued (WAITING) ones are left."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    taken = [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING or (t.state.is_finished() and not t.user_attrs.get("interrupted"))
+    ]
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    if spec["search"]:
+        return max(0, spec["trials"] - len(taken))
+    grid = math.prod(len(v) for v in spec["grid"].values()) * len(spec["seeds"])
+    return max(0, grid - len({_key(t.params) for t in taken})) + waiting
+
+
+def worker(args: argparse.Namespace, extra: list[str]) -> None:
+    """One worker process: trials from the study until the spec's are all taken."""
+    spec = load_spec(args.spec)
+    study = open_study(spec, args.study_name, args.storage, create=False, worker_index=args.worker_index)
+    env = dict(os.environ)
+
+    def stop_when_all_started(study, _trial) -> None:
+        if not left_to_start(study, spec):
+            study.stop()
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if not left_to_start(study, spec):
+        return
+    try:
+        study.optimize(
+            lambda trial: objective(trial, spec, Path(args.out), extra, env, args.storage),
+            callbacks=[stop_when_all_started],
+            catch=(TrialFailed,),
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# --- results -----------------------------------------------------------------------------------------
+def result_rows(study, spec: dict) -> list[dict]:
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state.name in ("WAITING", "RUNNING"):
+            continue
+        per_seed = t.user_attrs.get("metrics") or {}
+        seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
+        for seed in seeds:
+            metrics = per_seed.get(str(seed), {})
+            row = {"trial": t.number, "state": t.state.name.lower(), "seed": seed}
+            row |= {k: v for k, v in t.params.items() if k != "seed"}
+            row |= {m: metrics.get(m) for m in spec["report"]}
+            row |= {"seconds": t.user_attrs.get("seconds"), "reason": t.user_attrs.get("reason", ""),
+                    "run": t.user_attrs.get("run", "")}  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def results_csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
+    """Mean ± std over seeds of each reported metric per setting, best first; failures below."""
+    fixed = {"trial", "state", "seed", "seconds", "reason", "run", *spec["report"]}
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["state"] == "complete":
+            key = ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
+            settings.setdefault(key, []).append(row)
+    sign = -1 if spec["direction"] == "maximize" else 1
+    ranked = sorted(settings.items(), key=lambda kv: sign * statistics.fmean(r[spec["metric"]] for r in kv[1]))
+    lines = [f"# {title}", "", f"{spec['metric']} ({spec['direction']}), mean ± std over seeds.", ""]
+    lines += ["| setting | seeds | " + " | ".join(spec["report"]) + " |", "|---" * (len(spec["report"]) + 2) + "|"]
+    for key, group in ranked:
+        cells = [_mean_std([r[m] for r in group if r[m] is not None]) for m in spec["report"]]
+        lines.append(f"| {key or '(base)'} | {len(group)} | " + " | ".join(cells) + " |")
+    if len(ranked) > 1:
+        means = [statistics.fmean(r[spec["metric"]] for r in group) for _, group in ranked]
+        lines += ["", f"Mean of the settings' means of {spec['metric']}: {statistics.fmean(means):.4f}"]
+    failed = [r for r in rows if r["state"] != "complete"]
+    if failed:
+        lines += ["", "Not completed:", ""]
+        lines += [
+            f"- trial {r['trial']} (seed {r['seed']}): {r['state']}, {r['reason'] or 'no reason recorded'}"
+            for r in failed
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+# --- the command -------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aelight sweep",
+        description=__doc__.split("\n\n")[0]
+        + "\n\nAny other option is an `aelight fit` option applied to every trial.",
+        epilog="Writes <out>/study.db (the Optuna study, unless --storage), <out>/runs/trial_<n>/ (each trial's runs:\n"
+        "TensorBoard logs, checkpoints, output.log), <out>/results.csv and <out>/results.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="the sweep's YAML spec, e.g. configs/sweeps/variants.yaml")
+    p.add_argument("--out", default=None, help="the sweep's folder (default: sweeps/<spec name>/)")
+    p.add_argument("--devices", default=None, help="cpu, or GPU indices 0,1,... (default: every GPU, else cpu)")
+    p.add_argument(
+        "--workers_per_device", "--workers-per-device", type=int, default=1, help="trials run at once per device"
+    )
+    p.add_argument(
+        "--storage", default=None, help="an Optuna storage URL shared by several machines (default: <out>/study.db)"
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--study_name", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker_index", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def devices(text: Optional[str]) -> list[Optional[str]]:
+    """GPU indices as strings, or [None] for the CPU."""
+    import torch
+
+    if text is None:
+        return [str(i) for i in range(torch.cuda.device_count())] or [None]
+    if text == "cpu":
+        return [None]
+    indices = [d.strip() for d in text.split(",") if d.strip()]
+    if not indices or not all(d.isdigit() for d in indices):
+        raise ConfigError(f"--devices {text}: give cpu or GPU indices such as 0,1")
+    if max(int(d) for d in indices) >= torch.cuda.device_count():
+        raise ConfigError(f"--devices {text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return indices
+
+
+def main(argv: Optional[list] = None) -> None:
+    args, extra = parser().parse_known_args(argv)
+    spec = load_spec(args.spec)
+    args.out = str(Path(args.out or Path("sweeps") / Path(args.spec).stem).absolute())
+    args.study_name = args.study_name or Path(args.spec).stem
+    if args.worker:
+        return worker(args, extra)
+    if args.workers_per_device < 1:
+        raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
+    out = Path(args.out)
+    safe_files.check_writable(out, "choose another with --out DIR")
+    (out / "runs").mkdir(exist_ok=True)
+    args.storage = args.storage or f"sqlite:///{out / 'study.db'}"
+    study = open_study(spec, args.study_name, args.storage, create=True)
+    requeued = requeue_interrupted(study, args.storage)
+    if requeued:
+        print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
+    gpus = devices(args.devices)
+    workers = []
+    threads = max(1, (os.cpu_count() or 1) // (len(gpus) * args.workers_per_device))
+    base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
+            f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
+    try:
+        for gpu in gpus:
+            for _ in range(args.workers_per_device):
+                env = dict(os.environ)
+                if gpu is None:  # CPU workers share the cores
+                    env |= {
+                        "OMP_NUM_THREADS": str(threads),
+                        "MKL_NUM_THREADS": str(threads),
+                        "CUDA_VISIBLE_DEVICES": "",
+                    }
+                    accelerator = ["--trainer.accelerator=cpu"]
+                else:
+                    env["CUDA_VISIBLE_DEVICES"] = gpu
+                    accelerator = ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+                index = [f"--worker_index={len(workers)}"]
+                workers.append(subprocess.Popen([*base, *index, *accelerator, *extra], env=env))
+        for w in workers:
+            w.wait()
+    except KeyboardInterrupt:
+        _stop(workers)
+        print("aelight sweep: stopped; run the same command again to finish the trials left", file=sys.stderr)
+        sys.exit(143 if _terminated else 130)  # as a shell reports SIGTERM / Ctrl-C
+    finally:
+        _stop(workers)
+        write_results(study, spec, out, args.study_name)
+
+
+def _stop(workers: list) -> None:
+    for w in workers:  # each stops its trial's run and records the trial as interrupted
+        if w.poll() is None:
+            w.terminate()
+    for w in workers:
+        try:
+            w.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            w.kill()
+
+
+def write_results(study, spec: dict, out: Path, title: str) -> None:
+    rows = result_rows(study, spec)
+    safe_files.write_text(out / "results.csv", results_csv(rows), what="results")
+    markdown = results_markdown(rows, spec, title)
+    safe_files.write_text(out / "results.md", markdown, what="results")
+    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md")
+
+
+_terminated = False
+
+
+def _on_sigterm(*_) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+def run(argv: Optional[list] = None) -> None:
+    """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
+    from aelight.cli import user_error
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        main(argv)
+    except (AelightError, OSError) as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"aelight: error: {message}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,124 @@
+"""``aelight sweep`` on tiny data: a grid of short trials over 2 CPU workers gives a row with metrics
+per trial, a failing trial is recorded with its reason while the others finish, a second run after
+a kill finishes the rest without repeating a finished trial, and no two trials share a folder."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aelight import sweep
+from aelight.errors import ConfigError
+from tests.conftest import REPO
+
+SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+         "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false"]  # fmt: skip
+
+
+def write_spec(tmp_path: Path, grid: dict, **extra) -> Path:
+    spec = {"config": "configs/ae.yaml", "grid": grid, "seeds": [0, 1], "metric": "val/mse",
+            "report": ["val/mse", "val/psnr"], "options": SHORT, **extra}  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep_cmd(spec: Path, out: Path, data: Path, workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "aelight", "sweep", str(spec), f"--out={out}", "--devices=cpu",
+            f"--workers_per_device={workers}", f"--data.data_dir={data}"]  # fmt: skip
+
+
+def rows(out: Path) -> list[dict]:
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, tmp_path):
+    spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = rows(out)
+    assert len(table) == 4 and {r["state"] for r in table} == {"complete"}
+    assert {(r["data.batch_size"], r["seed"]) for r in table} == {("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")}
+    assert all(0 < float(r["val/mse"]) < 1 and float(r["val/psnr"]) > 0 for r in table)
+    assert len({r["run"] for r in table}) == 4  # two workers never share a run folder
+    for r in table:  # each an ordinary aelight run, visible in TensorBoard
+        assert list(Path(r["run"]).glob("seed*/version_0/checkpoints/best.ckpt"))
+    markdown = (out / "results.md").read_text()
+    assert "data.batch_size=16 | 2 |" in markdown and "data.batch_size=32 | 2 |" in markdown
+    assert "| setting | seeds | val/mse | val/psnr |" in proc.stdout  # printed at the end
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_data, tmp_path):
+    spec = write_spec(tmp_path, {"data.batch_size": [0, 32]}, seeds=[0])
+    out = tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = {r["data.batch_size"]: r for r in rows(out)}
+    assert table["32"]["state"] == "complete" and float(table["32"]["val/mse"]) > 0
+    assert table["0"]["state"] == "fail" and "data.batch_size must be at least 1" in table["0"]["reason"]
+    assert "data.batch_size must be at least 1" in (out / "results.md").read_text()
+
+
+def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data, tmp_path):
+    spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
+    cmd = sweep_cmd(spec, out, tiny_data, workers=1)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not (out / "runs" / "trial_1").exists() and time.time() < deadline:  # one trial done, the next under way
+        time.sleep(0.2)
+    assert (out / "runs" / "trial_1").exists()
+    time.sleep(2)
+    os.killpg(first.pid, signal.SIGKILL)  # the sweep, its worker and the trial's run, at once
+    first.wait()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = rows(out)
+    complete = [(r["data.batch_size"], r["seed"]) for r in table if r["state"] == "complete"]
+    assert sorted(complete) == [("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")]  # each exactly once
+    interrupted = [r for r in table if r["state"] != "complete"]
+    assert interrupted and all(r["reason"] == "interrupted" for r in interrupted)
+    assert "interrupted trial(s) again" in proc.stderr
+
+
+def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path):
+    variants = sweep.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
+    assert len(variants["grid"]["config"]) >= 7 and variants["seeds"] == [0, 1, 2]
+    assert all((REPO / c).exists() for c in variants["grid"]["config"])
+    one_class = sweep.load_spec(str(REPO / "configs/sweeps/one_class.yaml"))
+    assert one_class["command"] == "anomaly" and one_class["grid"]["digits"] == list(range(10))
+    assert one_class["direction"] == "maximize"
+    for text, message in (
+        ("grid: {data.batch_size: 16}", "must be a non-empty list"),
+        ("grid: {a: [1]}\nsurprise: 1", "unknown key"),
+        ("search: {lr: {low: 0.1}}\nconfig: x.yaml", "needs low and high"),
+        ("config: x.yaml", "give a grid and/or a search"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            sweep.load_spec(str(tmp_path / "bad.yaml"))
+    proc = subprocess.run([sys.executable, "-m", "aelight", "sweep", str(tmp_path / "missing.yaml")], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "missing.yaml" in proc.stderr
+
+
+def test_results_tables_average_seeds_and_rank_settings():
+    spec = {"metric": "test/mse", "direction": "minimize", "report": ["test/mse"]}
+    table = [
+        {"trial": 0, "state": "complete", "seed": 0, "lr": 0.1, "test/mse": 0.3},
+        {"trial": 1, "state": "complete", "seed": 1, "lr": 0.1, "test/mse": 0.5},
+        {"trial": 2, "state": "complete", "seed": 0, "lr": 0.01, "test/mse": 0.2},
+        {"trial": 3, "state": "fail", "seed": 1, "lr": 0.01, "test/mse": None, "reason": "boom"},
+    ]
+    markdown = sweep.results_markdown(table, spec, "t")
+    lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
+    assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
+    assert "trial 3 (seed 1): fail, boom" in markdown
