@@ -2,13 +2,13 @@
 
 Both run in ONE process on one device, alternating epoch by epoch (the reference loop's epoch runs between
 two aelight epochs, outside aelight's timed window), so machine noise hits both alike.
-Printed per epoch: time, samples/s, the ratio aelight/seed and the test MSE of each in pixel space.
+Printed per epoch: time, samples/s, the ratio aelight/reference and the test MSE of each in pixel space.
 
     python scripts/bench.py --data-dir data/ --epochs 3            # configs/ae.yaml, CPU or GPU
     python scripts/bench.py --data-dir data/ --epochs 3 --json     # machine-readable
 
-The seed normalises pixels to [-1, 1] in front of a sigmoid decoder; its test MSE is reported in
-pixel space ([0, 1]), i.e. its normalised-space MSE divided by 4, as the issue measured it.
+The reference loop normalises pixels to [-1, 1] in front of a sigmoid decoder; its test MSE is reported in
+pixel space ([0, 1]), i.e. its normalised-space MSE divided by 4.
 """
 
 import argparse
@@ -43,7 +43,7 @@ class Autoencoder(nn.Module):
         return x
 
 
-class SeedLoop:
+class ReferenceLoop:
     def __init__(self, data_dir: str, device: torch.device):
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
         train_dataset = datasets.MNIST(root=data_dir, train=True, download=False, transform=transform)
@@ -83,10 +83,10 @@ def test_mse(reconstruct, test_images: torch.Tensor) -> float:
 
 
 class Interleave(L.Callback):
-    """Times aelight's training epochs and, after each, runs and times one seed epoch."""
+    """Times aelight's training epochs and, after each, runs and times one epoch of the reference loop."""
 
-    def __init__(self, seed: SeedLoop, test_images: torch.Tensor, device: torch.device, report):
-        self.seed, self.test_images, self.device, self.report = seed, test_images, device, report
+    def __init__(self, reference: ReferenceLoop, test_images: torch.Tensor, device: torch.device, report):
+        self.reference, self.test_images, self.device, self.report = reference, test_images, device, report
 
     def on_train_epoch_start(self, trainer, pl_module):
         sync(self.device)
@@ -102,22 +102,24 @@ class Interleave(L.Callback):
 
         sync(self.device)
         start = time.perf_counter()
-        self.seed.epoch()
+        self.reference.epoch()
         sync(self.device)
-        seed_time = time.perf_counter() - start
-        seed_model = self.seed.model.eval()
-        seed_mse = test_mse(lambda x: (seed_model((x * 2 - 1).flatten(1)).view_as(x) + 1) / 2, self.test_images)
-        seed_model.train()
+        reference_time = time.perf_counter() - start
+        reference_model = self.reference.model.eval()
+        reference_mse = test_mse(
+            lambda x: (reference_model((x * 2 - 1).flatten(1)).view_as(x) + 1) / 2, self.test_images
+        )
+        reference_model.train()
         self.report(
             {
                 "epoch": trainer.current_epoch + 1,
-                "seed_s": seed_time,
-                "seed_samples_per_s": self.seed.samples / seed_time,
+                "reference_s": reference_time,
+                "reference_samples_per_s": self.reference.samples / reference_time,
                 "aelight_s": ae_time,
                 "aelight_samples_per_s": ae_samples / ae_time,
-                "speedup_epoch_time": seed_time / ae_time,
-                "speedup_samples_per_s": (ae_samples / ae_time) / (self.seed.samples / seed_time),
-                "seed_test_mse": seed_mse,
+                "speedup_epoch_time": reference_time / ae_time,
+                "speedup_samples_per_s": (ae_samples / ae_time) / (self.reference.samples / reference_time),
+                "reference_test_mse": reference_mse,
                 "aelight_test_mse": ae_mse,
             }
         )
@@ -176,16 +178,17 @@ def main() -> None:
         rows.append(row)
         if not args.json:
             print(
-                f"epoch {row['epoch']}: seed {row['seed_s']:.2f} s ({row['seed_samples_per_s'] / 1e3:.1f}k/s, "
-                f"test MSE {row['seed_test_mse']:.4f}) | aelight {row['aelight_s']:.3f} s "
+                f"epoch {row['epoch']}: reference {row['reference_s']:.2f} s "
+                f"({row['reference_samples_per_s'] / 1e3:.1f}k/s, "
+                f"test MSE {row['reference_test_mse']:.4f}) | aelight {row['aelight_s']:.3f} s "
                 f"({row['aelight_samples_per_s'] / 1e3:.1f}k/s, test MSE {row['aelight_test_mse']:.4f}) | "
-                f"aelight/seed: {row['speedup_epoch_time']:.1f}x epoch time, "
+                f"aelight/reference: {row['speedup_epoch_time']:.1f}x epoch time, "
                 f"{row['speedup_samples_per_s']:.1f}x samples/s",
                 flush=True,
             )
 
-    seed = SeedLoop(args.data_dir, device)
-    trainer.callbacks.append(Interleave(seed, test_images, device, report))
+    reference = ReferenceLoop(args.data_dir, device)
+    trainer.callbacks.append(Interleave(reference, test_images, device, report))
     trainer.fit(model, datamodule=dm)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
@@ -208,7 +211,7 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"{device_name}: median over {len(rows)} epochs, aelight/seed = "
+            f"{device_name}: median over {len(rows)} epochs, aelight/reference = "
             f"{summary['median_speedup_epoch_time']:.1f}x epoch time, "
             f"{summary['median_speedup_samples_per_s']:.1f}x samples/s"
         )

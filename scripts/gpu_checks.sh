@@ -4,7 +4,10 @@
 #   2. scripts/bench.py: the reference PyTorch loop against aelight in float32, bf16-mixed and
 #      bf16-mixed + CUDA graph (with steps_per_batch 8 and 32),
 #   3. the reference 50-epoch recipe with validation each epoch (scripts/time_fit.py): fit seconds
-#      and test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph (steps_per_batch 8 and 32).
+#      and test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph (steps_per_batch 8 and 32),
+#      and configs/trainer/ddp.yaml at world size 1 against configs/trainer/gpu_bf16.yaml,
+#   4. the one-class protocol (configs/sweeps/one_class.yaml, 10 digits x 20 epochs) as a sweep
+#      with 1 and with 4 workers on the first GPU: wall time and mean AUROC (needs optuna).
 # Each result goes to OUT_DIR as JSON or text, with a summary in OUT_DIR/summary.txt; a failing
 # step does not stop the others. Needs the test extra (pytest). About 6.5 minutes on one H200.
 #
@@ -52,3 +55,17 @@ step fit_bf16_graph.json "${fit[@]}" --trainer.precision bf16-mixed --finite_los
   --engine.cuda_graph true --trainer.logger.init_args.name bf16_graph
 step fit_bf16_graph_spb32.json "${fit[@]}" --trainer.precision bf16-mixed --finite_loss.check_every_n_steps 128 \
   --engine.cuda_graph true --engine.steps_per_batch 32 --trainer.logger.init_args.name bf16_graph_spb32
+
+# DDP at world size 1 against the single-GPU graphed path, 10 epochs each (epoch times in the JSON)
+ddp=(python3 scripts/time_fit.py -c configs/ae.yaml --data.data_dir "$DATA" --trainer.max_epochs 10
+  --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$OUT/logs")
+step fit_gpu_bf16_10.json "${ddp[@]}" -c configs/trainer/gpu_bf16.yaml --trainer.logger.init_args.name gpu_bf16_10
+step fit_ddp_ws1_10.json "${ddp[@]}" -c configs/trainer/ddp.yaml --trainer.devices 1 --trainer.logger.init_args.name ddp_ws1_10
+
+# The one-class protocol serially (1 worker) and as a sweep with 4 workers sharing the GPU
+if [ "$ACCELERATOR" = gpu ]; then
+  for workers in 1 4; do
+    step "sweep_one_class_w$workers.txt" python3 -m aelight sweep configs/sweeps/one_class.yaml --devices 0 \
+      --workers_per_device "$workers" --out "$OUT/sweep_one_class_w$workers" --data.data_dir "$DATA"
+  done
+fi

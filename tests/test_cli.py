@@ -14,7 +14,9 @@ from aelight.cli import main
 from tests.conftest import REPO
 
 CONFIGS = sorted(
-    str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "trainer"
+    str(p.relative_to(REPO / "configs"))
+    for p in (REPO / "configs").rglob("*.yaml")
+    if p.parent.name not in ("trainer", "sweeps")
 )
 TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "trainer").glob("*.yaml"))
 
@@ -88,7 +90,7 @@ def test_tensorboard_holds_scalars_and_reconstruction_images(cli_args, tmp_path)
         "val/recon_mse",
         "val/psnr",
         "val/mse",
-        "lr-Adam",
+        "train/lr-Adam",
     ):
         assert tag in tags["scalars"], tag
     assert "val/ssim" not in tags["scalars"]  # SSIM in fit's validation only with ssim_in_fit (costly on CPUs)
