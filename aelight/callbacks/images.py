@@ -2,6 +2,8 @@
 optimizer step: each row labelled with what it shows, digits drawn 3x (84 px) so they read without
 zooming."""
 
+import functools
+
 import lightning as L
 import numpy as np
 import torch
@@ -16,10 +18,15 @@ FONT_SIZE = 36  # large: TensorBoard shrinks a grid to its card's width
 GAP = 4  # white pixels between images and between rows
 
 
+@functools.cache
+def _font():
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
 def labelled_grid(rows: list[tuple[str, Tensor]], scale: int = 3) -> np.ndarray:
     """Rows of images (each ``(name, (N, 1, H, W) in [0, 1])``) as one uint8 RGB picture (H, W, 3),
     each row's name written to its left."""
-    font = ImageFont.load_default(size=FONT_SIZE)
+    font = _font()
     strips = []
     for name, images in rows:
         images = images.float().clamp(0, 1).cpu()
