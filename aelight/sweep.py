@@ -39,7 +39,7 @@ from aelight.errors import AelightError, ConfigError
 
 COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
-             "prune", "description"}  # fmt: skip
+             "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 PRUNED_EXIT = 3  # exit code of a trial run that the pruning callback stopped
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 
@@ -397,17 +397,29 @@ def _mean_std(values: list) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aelight sweep",
-        description=__doc__.split("\n\n")[0]
-        + "\n\nAny other option is an `aelight fit` option applied to every trial.",
+        description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
+        "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
+        "search ({option: {low, high, log, int} or {choices}}) with trials, seeds, metric, direction,\n"
+        "report (the columns of results), options (for every trial), prune, command (fit: fit then test\n"
+        "the best checkpoint; anomaly), devices, workers_per_device. See configs/sweeps/.\n\n"
+        "Any other option is an `aelight fit` option applied to every trial.",
         epilog="Writes <out>/study.db (the Optuna study, unless --storage), <out>/runs/trial_<n>/ (each trial's runs:\n"
         "TensorBoard logs, checkpoints, output.log), <out>/results.csv and <out>/results.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", help="the sweep's YAML spec, e.g. configs/sweeps/variants.yaml")
     p.add_argument("--out", default=None, help="the sweep's folder (default: sweeps/<spec name>/)")
-    p.add_argument("--devices", default=None, help="cpu, or GPU indices 0,1,... (default: every GPU, else cpu)")
     p.add_argument(
-        "--workers_per_device", "--workers-per-device", type=int, default=1, help="trials run at once per device"
+        "--devices",
+        default=None,
+        help="cpu, or GPU indices 0,1,... (default: the spec's devices, else every GPU, else cpu)",
+    )
+    p.add_argument(
+        "--workers_per_device",
+        "--workers-per-device",
+        type=int,
+        default=None,
+        help="trials run at once per device (default: the spec's workers_per_device, else 1)",
     )
     p.add_argument(
         "--storage", default=None, help="an Optuna storage URL shared by several machines (default: <out>/study.db)"
@@ -441,6 +453,12 @@ def main(argv: Optional[list] = None) -> None:
     args.study_name = args.study_name or Path(args.spec).stem
     if args.worker:
         return worker(args, extra)
+    # the command line overrides what the spec says of devices and workers
+    args.devices = args.devices if args.devices is not None else spec.get("devices")
+    if args.workers_per_device is None:
+        args.workers_per_device = int(spec.get("workers_per_device") or 1)
+    if args.devices is not None and not isinstance(args.devices, str):
+        args.devices = ",".join(str(d) for d in _as_list(args.devices))
     if args.workers_per_device < 1:
         raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
     out = Path(args.out)
