@@ -461,6 +461,7 @@ def main(argv: Optional[list] = None) -> None:
         args.devices = ",".join(str(d) for d in _as_list(args.devices))
     if args.workers_per_device < 1:
         raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
+    gpus = devices(args.devices)  # checked before anything is written
     out = Path(args.out)
     safe_files.check_writable(out, "choose another with --out DIR")
     (out / "runs").mkdir(exist_ok=True)
@@ -469,7 +470,6 @@ def main(argv: Optional[list] = None) -> None:
     requeued = requeue_interrupted(study, args.storage)
     if requeued:
         print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
-    gpus = devices(args.devices)
     workers = []
     threads = max(1, (os.cpu_count() or 1) // (len(gpus) * args.workers_per_device))
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
@@ -533,7 +533,7 @@ def run(argv: Optional[list] = None) -> None:
     """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
     from aelight.cli import user_error
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(argv)
     except (AelightError, OSError) as err:
@@ -542,3 +542,5 @@ def run(argv: Optional[list] = None) -> None:
             raise
         print(f"aelight: error: {message}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -110,6 +110,20 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "missing.yaml" in proc.stderr
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_devices_that_do_not_exist_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    for argv, message in (
+        (["--devices=0"], "--devices 0: this machine has 0 GPU(s)"),
+        (["--devices=a,b"], "give cpu or GPU indices"),
+        (["--workers_per_device=0"], "--workers_per_device must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", *argv])
+        assert exit_.value.code == 1 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_results_tables_average_seeds_and_rank_settings():
     spec = {"metric": "test/mse", "direction": "minimize", "report": ["test/mse"]}
     table = [
