@@ -36,7 +36,7 @@ CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-PRUNED_EXIT = 3  # a run of aelight sweep that its pruning callback stopped (aelight.sweep.PRUNED_EXIT)
+PRUNED_EXIT = 3  # a run of aelight sweep that its pruning callback stopped
 # The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
 # the same command line (they must log into the same folder, not claim their own).
 RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"

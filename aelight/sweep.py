@@ -40,7 +40,6 @@ from aelight.errors import AelightError, ConfigError
 COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
              "prune", "description", "devices", "workers_per_device"}  # fmt: skip
-PRUNED_EXIT = 3  # exit code of a trial run that the pruning callback stopped
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 
 
@@ -155,6 +154,8 @@ def run_one(cmd: list[str], env: dict, log: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+    from aelight.cli import PRUNED_EXIT
+
     if code == PRUNED_EXIT:
         import optuna
 
