@@ -3,7 +3,7 @@
     aelight sweep configs/sweeps/variants.yaml --data.data_dir data/ [--devices 0,1] [--workers_per_device 2]
 
 The spec names what varies (a grid and/or a search space over any ``aelight fit`` option, config
-files included), the seeds, the metric to optimise or report and the number of trials. The study
+files included), the random seeds, the metric to optimise or report and the number of trials. The study
 lives in an Optuna storage (by default ``<out>/study.db``; ``--storage URL`` takes any database
 Optuna supports, so several machines join one sweep by running the same command). The command
 starts N worker processes per device; each takes trials from the study with Optuna's own samplers
@@ -103,9 +103,8 @@ def _encode(value):
 
 
 def _option(key: str, value) -> str:
-    if isinstance(value, str) and value.startswith(("[", "{")):
-        return f"--{key}={value}"
-    return f"--{key}={json.dumps(value) if not isinstance(value, str) else value}"
+    """An aelight option from a grid or search value: strings (JSON-encoded lists too) as they are."""
+    return f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
 # --- one trial ---------------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ def failure_reason(output: str, code: int) -> str:
     """The one line that says why a run failed: aelight's own message, else the parser's (with the
     lines that explain it), else the last exception line."""
     lines = [line for line in output.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
+    for line in lines:
         if line.startswith("aelight: error:"):
             return line.removeprefix("aelight: error: ")
     for i, line in enumerate(lines):
@@ -284,8 +283,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
@@ -493,8 +492,7 @@ def main(argv: Optional[list] = None) -> None:
                 workers.append(subprocess.Popen([*base, *index, *accelerator, *extra], env=env))
         for w in workers:
             w.wait()
-    except KeyboardInterrupt:
-        _stop(workers)
+    except KeyboardInterrupt:  # the workers are stopped below, before the results are written
         print("aelight sweep: stopped; run the same command again to finish the trials left", file=sys.stderr)
         sys.exit(143 if _terminated else 130)  # as a shell reports SIGTERM / Ctrl-C
     finally:

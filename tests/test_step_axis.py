@@ -56,8 +56,8 @@ def test_test_results_stand_at_the_checkpoints_step_and_keep_fits_scalars(cli_ar
         assert scalar_steps(after, tag) == [best_step], tag
 
 
-def test_the_progress_bar_counts_optimizer_steps(tiny_data, tmp_path):
-    args = [a for a in cli_args_for(tiny_data, tmp_path) if "enable_progress_bar" not in a]
+def test_the_progress_bar_counts_optimizer_steps(cli_args):
+    args = [a for a in cli_args(batches=3) if "enable_progress_bar" not in a]
     proc = subprocess.run(
         [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", "--engine.steps_per_batch=4", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -66,9 +66,3 @@ def test_the_progress_bar_counts_optimizer_steps(tiny_data, tmp_path):
     # 3 Lightning batches of 4 optimizer steps each
     assert "12/12" in proc.stdout and "step/s" in proc.stdout, proc.stdout[-2000:]  # tqdm writes to stdout here
     assert "3/3 [" not in proc.stdout.split("Validation")[0]
-
-
-def cli_args_for(tiny_data, tmp_path) -> list[str]:
-    from tests.conftest import short_run_args
-
-    return short_run_args(tiny_data, tmp_path / "logs", batches=3)
