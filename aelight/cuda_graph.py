@@ -27,7 +27,8 @@ class GraphedStep:
     values that the next call does not overwrite. Graph mode needs an optimizer whose step makes
     no host sync (torch's Adam/AdamW with ``capturable``, which is switched on here, or SGD) and no
     host sync in the model's training step; a capture that fails is reported once and the steps
-    go on eagerly.
+    go on eagerly. ``ready()`` says whether a capture may happen now (DDP needs eager iterations
+    first); until it does, calls run eagerly.
     """
 
     def __init__(
@@ -37,8 +38,9 @@ class GraphedStep:
         warmup_calls: int = 3,
         max_graphs: int = 4,
         on_failure: Callable[[str], None] = print,
+        ready: Callable[[], bool] = lambda: True,
     ):
-        self.step_fn, self.optimizer = step_fn, optimizer
+        self.step_fn, self.optimizer, self.ready = step_fn, optimizer, ready
         self.warmup_calls, self.max_graphs, self.on_failure = warmup_calls, max_graphs, on_failure
         for group in optimizer.param_groups:
             if "capturable" in group:  # the update reads its step count on the device, no host sync
@@ -85,7 +87,7 @@ class GraphedStep:
             graph.replay()
             self.replays += 1
             return names, static_values.clone()
-        if self.failed or self.warm.get(key, 0) < self.warmup_calls:
+        if self.failed or self.warm.get(key, 0) < self.warmup_calls or not self.ready():
             self.warm[key] = self.warm.get(key, 0) + 1
             return self.step_fn(x)
         return self._capture(key, x)

@@ -11,10 +11,13 @@ A model says what one training step computes (``AE.training_terms``: the loss te
   keep their meaning of optimizer steps; an LR scheduler steps once an epoch.
 - direct steps: Lightning's path for a manual step (``manual_backward``, ``LightningOptimizer.step``)
   is ``loss.backward()`` and ``optimizer.step()`` plus hook calls of every callback, profiler
-  marks and step counting. Where those hooks do nothing (one device, no loss scaling, no profiler,
-  no callback or module hook listening) the engine calls the two directly and counts the step.
+  marks and step counting. Where those hooks do nothing (one device or plain DDP, no loss scaling,
+  no profiler, no callback or module hook listening) the engine calls the two directly and counts
+  the step; under DDP it readies DDP's gradient all-reduce before each backward, as Lightning does.
 - ``cuda_graph: true``: all steps of a Lightning batch replayed as one captured CUDA graph
-  (``aelight.cuda_graph``), on one CUDA device with direct steps; otherwise a warning.
+  (``aelight.cuda_graph``), on a CUDA device with direct steps; otherwise a warning. Under DDP
+  the graph holds the gradient all-reduce too (NCCL collectives can be captured), captured after
+  DDP's first timed iterations.
 - ``compile_step: true``: each step's forward and loss through ``torch.compile``.
 - no host sync per step: the loss terms of a batch's steps are stacked and summed on the device;
   ``self.log`` runs only when the logger writes.
@@ -31,14 +34,21 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
-from aelight.lightning_compat import count_optimizer_step, logger_will_write
+from aelight.lightning_compat import (
+    DDP_TIMED_ITERATIONS,
+    count_optimizer_step,
+    ddp_backward,
+    ddp_stop_periodic_timing,
+    logger_will_write,
+)
 from aelight.models.autoencoder import stack_terms
 
 # Speed settings that were model hyperparameters before the engine had its own config key: old
@@ -66,6 +76,8 @@ class TrainingEngine(L.Callback):
         self.steps_per_batch, self.cuda_graph, self.compile_step = steps_per_batch, cuda_graph, compile_step
         self.direct_steps = False  # decided when training starts
         self.graphed_step: Optional[GraphedStep] = None
+        self._backward = Tensor.backward  # of a direct step; DDP's readies its all-reduce first
+        self._batches = 0  # training batches of this fit in this process (DDP's iterations)
         self._log_every_n_steps: Optional[int] = None  # trainer.log_every_n_steps as the user set it
         self._terms_fn = None
         self._epoch = EpochTerms()
@@ -107,25 +119,41 @@ class TrainingEngine(L.Callback):
         listened = any(is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in STEP_HOOKS) or any(
             is_overridden(h, pl_module, L.LightningModule) for h in (*STEP_HOOKS, "backward")
         )
+        strategy = trainer.strategy
+        # Plain DDP: Lightning's DDP strategy (any start method), without static_graph, whose first
+        # iteration Lightning flushes by hand.
+        ddp = strategy.model if type(strategy) is DDPStrategy else None
+        plain_ddp = isinstance(ddp, DistributedDataParallel) and not ddp.static_graph
         self.direct_steps = (
-            type(trainer.strategy) is SingleDeviceStrategy
+            (type(strategy) is SingleDeviceStrategy or plain_ddp)
             and unscaled
             and type(trainer.profiler) is PassThroughProfiler
             and not listened
         )
+        self._backward = ddp_backward(ddp) if plain_ddp else Tensor.backward
+        self._batches = 0
         self.graphed_step = None
         if self.cuda_graph:
             if pl_module.device.type != "cuda" or not self.direct_steps or trainer.gradient_clip_val:
                 rank_zero_warn(
-                    "engine.cuda_graph: true needs one CUDA device, no loss scaling (bf16-mixed or 32-true), no "
-                    "profiler, no gradient clipping and no callback or module hook on backward or the optimizer "
-                    "step; here the training steps run without it"
+                    "engine.cuda_graph: true needs CUDA devices (one, or plain DDP), no loss scaling (bf16-mixed or "
+                    "32-true), no profiler, no gradient clipping and no callback or module hook on backward or the "
+                    "optimizer step; here the training steps run without it"
                 )
             else:
                 raw = pl_module.optimizers().optimizer
+                eager_batches = 0
+                if plain_ddp:
+                    ddp_stop_periodic_timing(ddp)
+                    eager_batches = DDP_TIMED_ITERATIONS
                 self.graphed_step = GraphedStep(
-                    lambda x: self._take_steps(pl_module, raw, x, Tensor.backward), raw, on_failure=rank_zero_warn
+                    lambda x: self._take_steps(pl_module, raw, x, self._backward),
+                    raw,
+                    on_failure=rank_zero_warn,
+                    ready=lambda: self._batches > eager_batches,
                 )
+        how = "replayed as CUDA graphs" if self.graphed_step else "direct" if self.direct_steps else "through Lightning"
+        rank_zero_info(f"aelight engine: {self.steps_per_batch} optimizer steps per batch, {how}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self.drives_steps:
@@ -148,10 +176,11 @@ class TrainingEngine(L.Callback):
         (one row per step) for the callbacks (FiniteLossGuard)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         optimizer = pl_module.optimizers()
+        self._batches += 1
         if self.graphed_step is not None:
             names, values = self.graphed_step(x)
         elif self.direct_steps:
-            names, values = self._take_steps(pl_module, optimizer.optimizer, x, Tensor.backward)
+            names, values = self._take_steps(pl_module, optimizer.optimizer, x, self._backward)
         else:
             names, values = self._take_steps(pl_module, optimizer, x, pl_module.manual_backward)
         if self.direct_steps:  # the step counting (trainer.global_step) that LightningOptimizer.step does

@@ -30,3 +30,28 @@ def summary_file_writer(writer):
     """The event-file writer of a ``torch.utils.tensorboard.SummaryWriter``, for summaries that
     SummaryWriter has no method for (TensorBoard's HParams records); Lightning uses it the same way."""
     return writer._get_file_writer()
+
+
+def ddp_backward(model):
+    """``loss.backward()`` for a loss computed outside ``DistributedDataParallel.forward`` (the
+    engine's steps run inside one Lightning ``training_step``), with DDP's gradient all-reduce:
+    Lightning's DDP strategy readies the reducer this way before each manual backward."""
+    from lightning.pytorch.overrides.distributed import prepare_for_backward
+
+    def backward(loss):
+        prepare_for_backward(model, loss)
+        loss.backward()
+
+    return backward
+
+
+# DDP's reducer times its first iterations (and then every 100th) with CUDA events, recorded in
+# the forward and in the backward's hooks; an event recorded while a CUDA graph is captured breaks
+# the next iteration's timing read, so capture waits for DDP_TIMED_ITERATIONS iterations, and the
+# periodic timing is switched off before (PyTorch's notes: 11 eager DDP iterations before capture).
+DDP_TIMED_ITERATIONS = 10
+
+
+def ddp_stop_periodic_timing(model) -> None:
+    """Makes DDP time only its first ``DDP_TIMED_ITERATIONS`` iterations (not every 100th)."""
+    model._set_ddp_runtime_logging_sample_rate(2**31 - 1)

@@ -267,7 +267,8 @@ class TensorBoardRun(L.Callback):
         current = {m: float(metrics[f"val/{m}"]) for m in VAL_METRICS if f"val/{m}" in metrics}
         if self.best is None or current["loss"] < self.best["loss"]:
             self.best = current
-        pl_module.log_dict({f"val/{m}_best": v for m, v in self.best.items()}, sync_dist=False)
+        # The same on every rank (val/loss is synced); sync_dist only spares DDP runs Lightning's warning.
+        pl_module.log_dict({f"val/{m}_best": v for m, v in self.best.items()}, sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"best": self.best}

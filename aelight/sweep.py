@@ -41,6 +41,7 @@ COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
              "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
+PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 
 
 class TrialFailed(Exception):
@@ -233,7 +234,7 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec["search"]:
         sampler = optuna.samplers.TPESampler(seed=worker_index)  # workers draw different settings
-        pruner = optuna.pruners.MedianPruner(n_warmup_steps=2) if spec.get("prune") else optuna.pruners.NopPruner()
+        pruner = search_pruner() if spec.get("prune") else optuna.pruners.NopPruner()
     else:
         space = {key: [_encode(v) for v in values] for key, values in spec["grid"].items()}
         sampler, pruner = optuna.samplers.GridSampler({**space, "seed": spec["seeds"]}, seed=0), None
@@ -243,6 +244,15 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
             load_if_exists=True,
         )  # fmt: skip
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def search_pruner():
+    """The pruner of a search with ``prune: true``: a trial stops when, from its third epoch on, its
+    ``PRUNING_MONITOR`` is worse than the median of earlier trials at the same epoch (after 5
+    trials). The sweep's workers and each trial's run (``aelight.sweep_pruning``) both use it."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
 
 
 def requeue_interrupted(study, storage_url: str) -> int:
@@ -342,10 +352,18 @@ def result_rows(study, spec: dict) -> list[dict]:
             row = {"trial": t.number, "state": t.state.name.lower(), "seed": seed}
             row |= {k: v for k, v in t.params.items() if k != "seed"}
             row |= {m: metrics.get(m) for m in spec["report"]}
-            row |= {"seconds": t.user_attrs.get("seconds"), "reason": t.user_attrs.get("reason", ""),
-                    "run": t.user_attrs.get("run", "")}  # fmt: skip
+            row |= {"seconds": t.user_attrs.get("seconds"), "reason": _reason(t), "run": t.user_attrs.get("run", "")}
             rows.append(row)
     return rows
+
+
+def _reason(trial) -> str:
+    """Why a trial did not complete; for a pruned one, what the pruner saw last."""
+    if trial.state.name == "PRUNED" and trial.intermediate_values:
+        epoch = max(trial.intermediate_values)  # the epoch index Lightning's pruning callback reports
+        value = trial.intermediate_values[epoch]
+        return f"{PRUNING_MONITOR} {value:.4g} after {epoch + 1} epochs, worse than the median of earlier trials there"
+    return trial.user_attrs.get("reason", "")
 
 
 def results_csv(rows: list[dict]) -> str:
@@ -379,7 +397,7 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     if failed:
         lines += ["", "Not completed:", ""]
         lines += [
-            f"- trial {r['trial']} (seed {r['seed']}): {r['state']}, {r['reason'] or 'no reason recorded'}"
+            f"- trial {r['trial']} (seed {r['seed']}): {r['state']}: {r['reason'] or 'no reason recorded'}"
             for r in failed
         ]
     return "\n".join(lines) + "\n"
@@ -400,8 +418,10 @@ def parser() -> argparse.ArgumentParser:
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials, seeds, metric, direction,\n"
-        "report (the columns of results), options (for every trial), prune, command (fit: fit then test\n"
-        "the best checkpoint; anomaly), devices, workers_per_device. See configs/sweeps/.\n\n"
+        "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
+        "val/loss trails the median from its third epoch on; with several seeds the first one's epochs\n"
+        "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"
+        "See configs/sweeps/.\n\n"
         "Any other option is an `aelight fit` option applied to every trial.",
         epilog="Writes <out>/study.db (the Optuna study, unless --storage), <out>/runs/trial_<n>/ (each trial's runs:\n"
         "TensorBoard logs, checkpoints, output.log), <out>/results.csv and <out>/results.md.",

@@ -5,7 +5,7 @@
 #      bf16-mixed + CUDA graph (with steps_per_batch 8 and 32),
 #   3. the reference 50-epoch recipe with validation each epoch (scripts/time_fit.py): fit seconds
 #      and test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph (steps_per_batch 8 and 32),
-#      and configs/trainer/ddp.yaml at world size 1 against configs/trainer/gpu_bf16.yaml,
+#      and configs/trainer/ddp.yaml at world size 1 (graphed, and eager) against configs/trainer/gpu_bf16.yaml,
 #   4. the one-class protocol (configs/sweeps/one_class.yaml, 10 digits x 20 epochs) as a sweep
 #      with 1 and with 4 workers on the first GPU: wall time and mean AUROC (needs optuna).
 # Each result goes to OUT_DIR as JSON or text, with a summary in OUT_DIR/summary.txt; a failing
@@ -61,6 +61,8 @@ ddp=(python3 scripts/time_fit.py -c configs/ae.yaml --data.data_dir "$DATA" --tr
   --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$OUT/logs")
 step fit_gpu_bf16_10.json "${ddp[@]}" -c configs/trainer/gpu_bf16.yaml --trainer.logger.init_args.name gpu_bf16_10
 step fit_ddp_ws1_10.json "${ddp[@]}" -c configs/trainer/ddp.yaml --trainer.devices 1 --trainer.logger.init_args.name ddp_ws1_10
+step fit_ddp_ws1_eager_10.json "${ddp[@]}" -c configs/trainer/ddp.yaml --trainer.devices 1 --engine.cuda_graph false \
+  --trainer.logger.init_args.name ddp_ws1_eager_10
 
 # The one-class protocol serially (1 worker) and as a sweep with 4 workers sharing the GPU
 if [ "$ACCELERATOR" = gpu ]; then

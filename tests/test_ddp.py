@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, short_run_args
 
 
 def aelight(*args: str) -> subprocess.CompletedProcess:
@@ -37,3 +37,21 @@ def test_ddp_two_processes_fit_test_and_predict(cli_args, tmp_path):
     assert [len(p["z"]) for p in parts] == [100, 100]
     recon = torch.cat([p["recon"].flatten(1) for p in parts])
     assert len(torch.unique(recon, dim=0)) == 200
+
+
+def test_ddp_direct_steps_give_the_weights_of_lightnings_step_path(tiny_data, tmp_path):
+    # The engine's direct steps call backward outside DDP's forward; unless they ready DDP's
+    # all-reduce before each backward (as Lightning's manual backward does), each rank trains on
+    # its own gradients and the weights differ from Lightning's path.
+    config = ["--config=configs/ae.yaml", "--config=configs/trainer/ddp_sim.yaml", "--seed_everything=3"]
+    runs = {}
+    for name, extra in [("direct", []), ("lightning", ["--trainer.callbacks+=tests.step_hooks.ListensToBackward"])]:
+        save_dir = tmp_path / name
+        out = aelight(*short_run_args(tiny_data, save_dir, "fit", *config, *extra, epochs=2, batches=4))
+        how = "direct" if name == "direct" else "through Lightning"
+        assert f"aelight engine: 8 optimizer steps per batch, {how}" in out.stdout + out.stderr
+        (last,) = glob.glob(str(save_dir / "ae" / "version_0" / "checkpoints" / "last.ckpt"))
+        runs[name] = torch.load(last, weights_only=True)
+    assert runs["direct"]["global_step"] == runs["lightning"]["global_step"] == 16
+    for key, value in runs["lightning"]["state_dict"].items():
+        torch.testing.assert_close(runs["direct"]["state_dict"][key], value, rtol=0, atol=1e-6)

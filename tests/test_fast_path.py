@@ -165,7 +165,7 @@ def test_training_loss_logged_per_epoch_is_the_mean_over_every_step(tiny_data):
 
 def test_cuda_graph_option_without_a_gpu_warns_and_trains_as_without_it(tiny_data):
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="cuda_graph: true needs one CUDA device"):
+    with pytest.warns(UserWarning, match="cuda_graph: true needs CUDA devices"):
         graphed, steps = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=4, cuda_graph=True))
     torch.manual_seed(0)
     eager, _ = fit_and_test(tiny_data, AE(), engine=TrainingEngine(steps_per_batch=4))
@@ -186,3 +186,27 @@ def test_cuda_graph_key_changes_with_what_a_captured_step_bakes_in():
     assert graphed.key(x) != first
     adam.param_groups[0]["lr"] = 1e-3
     assert graphed.key(x) == first
+
+
+def test_cuda_graph_capture_waits_for_its_warm_up_calls_and_for_ready():
+    # Under DDP the engine's ready() holds capture back until DDP's timed iterations are over.
+    from aelight.cuda_graph import GraphedStep
+
+    model = torch.nn.Linear(4, 4)
+    batches, captured_at, eager_calls = [0], [], []
+    graphed = GraphedStep(
+        lambda x: eager_calls.append(batches[0]) or (["loss"], x[:1]),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        warmup_calls=3,
+        ready=lambda: batches[0] > 10,
+    )
+    graphed._capture = lambda key, x: captured_at.append(batches[0]) or (["loss"], x[:1])  # no CUDA here
+    for _ in range(11):
+        batches[0] += 1
+        graphed._step(torch.zeros(8, 4))
+    assert eager_calls == list(range(1, 11)) and captured_at == [11]
+    # a new key (a short batch) after that still gets its own warm-up calls
+    for _ in range(4):
+        batches[0] += 1
+        graphed._step(torch.zeros(5, 4))
+    assert eager_calls[10:] == [12, 13, 14] and captured_at == [11, 15]

@@ -1,5 +1,9 @@
 """GPU-only checks (``python -m pytest -m gpu``): CUDA-graph steps give the eager steps' results."""
 
+import json
+import subprocess
+import sys
+
 import lightning as L
 import pytest
 import torch
@@ -10,6 +14,7 @@ from aelight.cuda_graph import GraphedStep
 from aelight.data import MNISTDataModule
 from aelight.engine import TrainingEngine
 from aelight.models import AE, VAE
+from tests.conftest import REPO
 from tests.test_cli import CONFIGS
 
 pytestmark = [
@@ -149,3 +154,29 @@ def test_every_config_trains_through_cuda_graphs_with_the_gpu_config(config, tin
     assert cli.trainer.global_step == 2 * 64
     (result,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.values()), result
+
+
+def time_fit(*args: str) -> dict:
+    """scripts/time_fit.py in its own process (DDP's process group does not outlive it)."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/time_fit.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "capture of the training step failed" not in proc.stderr, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def test_ddp_replays_cuda_graphs_with_the_results_of_eager_ddp_at_world_size_one(tiny_data, tmp_path):
+    common = ["-c", "configs/ae.yaml", "-c", "configs/trainer/ddp.yaml", "--trainer.devices=1",
+              f"--data.data_dir={tiny_data}", "--data.val_size=100", "--data.batch_size=8",
+              "--data.eval_batch_size=50", "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", "--seed_everything=0"]  # fmt: skip
+    graphed = time_fit(*common)  # ddp.yaml turns the graphs on
+    eager = time_fit(*common, "--engine.cuda_graph=false")
+    assert graphed["world_size"] == eager["world_size"] == 1
+    # 500 images: 8 Lightning batches of 8 steps an epoch; DDP's first 10 iterations run eagerly,
+    # then the 7 full batches of each epoch replay one graph (the short last one stays eager).
+    assert graphed["cuda_graph_replays"] >= 7 and eager["cuda_graph_replays"] == 0
+    assert graphed["global_step"] == eager["global_step"] == 3 * 64
+    mse, eager_mse = graphed["test"]["test/mse"], eager["test"]["test/mse"]
+    assert abs(mse - eager_mse) <= 0.01 * eager_mse, (graphed["test"], eager["test"])

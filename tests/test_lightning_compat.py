@@ -4,11 +4,22 @@ and still mean what aelight takes them to mean: these fail when a Lightning rele
 import inspect
 
 import lightning as L
+import pytest
 import torch
+import torch.distributed as dist
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+from torch.nn.parallel import DistributedDataParallel
 
-from aelight.lightning_compat import CLI_CHECKPOINT_HOOK, count_optimizer_step, logger_will_write, summary_file_writer
+from aelight.lightning_compat import (
+    CLI_CHECKPOINT_HOOK,
+    DDP_TIMED_ITERATIONS,
+    count_optimizer_step,
+    ddp_backward,
+    ddp_stop_periodic_timing,
+    logger_will_write,
+    summary_file_writer,
+)
 
 
 def test_lightning_cli_reads_the_checkpoint_through_the_hook_aelight_overrides():
@@ -80,3 +91,49 @@ def test_a_summary_writers_event_file_writer_takes_protocol_buffer_summaries(tmp
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("x")] == [(7, 2.5)]
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of this process alone (world size 1), for DDP in the test process."""
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ddp_backward_outside_ddps_forward_runs_its_gradient_all_reduce(one_process_group):
+    layer = torch.nn.Linear(3, 2)
+    ddp = DistributedDataParallel(layer)
+    reductions = []
+
+    def count(state, bucket):  # DDP's communication hook: called for each bucket it all-reduces
+        reductions.append(1)
+        done = torch.futures.Future()
+        done.set_result(bucket.buffer())
+        return done
+
+    ddp.register_comm_hook(None, count)
+    for _ in range(2):  # the module's own forward, as the engine's steps call it
+        layer(torch.ones(4, 3)).sum().backward()
+    assert reductions == []  # a plain backward outside DDP's forward: no gradient is all-reduced
+    backward = ddp_backward(ddp)
+    for _ in range(3):
+        backward(layer(torch.ones(4, 3)).sum())
+    assert len(reductions) == 3
+
+
+def test_ddp_times_its_first_iterations_and_then_no_more_once_told(one_process_group):
+    def timed_iterations(stop: bool) -> set:
+        ddp = DistributedDataParallel(torch.nn.Linear(3, 2))
+        if stop:
+            ddp_stop_periodic_timing(ddp)
+        seen = set()
+        for _ in range(202):
+            ddp(torch.ones(4, 3)).sum().backward()
+            seen.add(ddp._get_ddp_logging_data()["iteration"])  # the last iteration DDP timed
+        return seen
+
+    first = set(range(DDP_TIMED_ITERATIONS + 1))
+    assert timed_iterations(stop=False) == first | {100, 200}
+    assert timed_iterations(stop=True) == first

@@ -96,6 +96,8 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path):
     one_class = sweep.load_spec(str(REPO / "configs/sweeps/one_class.yaml"))
     assert one_class["command"] == "anomaly" and one_class["grid"]["digits"] == list(range(10))
     assert one_class["direction"] == "maximize"
+    search = sweep.load_spec(str(REPO / "configs/sweeps/ae_search.yaml"))
+    assert search["prune"] and search["trials"] == 20 and search["metric"] == "val/loss"
     for text, message in (
         ("grid: {data.batch_size: 16}", "must be a non-empty list"),
         ("grid: {a: [1]}\nsurprise: 1", "unknown key"),
@@ -135,4 +137,32 @@ def test_results_tables_average_seeds_and_rank_settings():
     markdown = sweep.results_markdown(table, spec, "t")
     lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
     assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
-    assert "trial 3 (seed 1): fail, boom" in markdown
+    assert "trial 3 (seed 1): fail: boom" in markdown
+
+
+def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_path, monkeypatch):
+    import json
+
+    import optuna
+
+    from aelight.sweep_pruning import TRIAL_ENV, SweepPruning
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = {"search": {"lr": {"low": 1e-4, "high": 1e-2}}, "trials": 7, "prune": True, "seeds": [0],
+            "grid": {}, "direction": "minimize", "report": ["val/loss"]}  # fmt: skip
+    study = sweep.open_study(spec, "s", storage, create=True)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-2)
+    for i in range(5):  # five finished trials, val/loss 0.10 ... 0.14 at every epoch
+        values = {epoch: 0.1 + 0.01 * i for epoch in range(4)}
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions={"lr": lr}, value=values[3],
+                                                  intermediate_values=values))  # fmt: skip
+    trial = study.ask({"lr": lr})
+    monkeypatch.setenv(TRIAL_ENV, json.dumps([storage, "s", trial.number]))
+    run_trial = SweepPruning(monitor="val/loss")._trial  # the run's view of the trial, in its own process
+    for epoch in range(3):  # worse than every earlier trial from the first epoch on
+        run_trial.report(0.5, step=epoch)
+        # the sweep's pruner waits 2 epochs; Optuna's default pruner would stop at the first
+        assert run_trial.should_prune() == (epoch == 2)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    (row,) = [r for r in sweep.result_rows(study, spec) if r["state"] == "pruned"]
+    assert row["reason"] == "val/loss 0.5 after 3 epochs, worse than the median of earlier trials there"
