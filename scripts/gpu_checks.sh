@@ -7,7 +7,8 @@
 #      and test MSE in float32, bf16-mixed and bf16-mixed + CUDA graph (steps_per_batch 8 and 32),
 #      and configs/trainer/ddp.yaml at world size 1 (graphed, and eager) against configs/trainer/gpu_bf16.yaml,
 #   4. the one-class protocol (configs/sweeps/one_class.yaml, 10 digits x 20 epochs) as a sweep
-#      with 1 and with 4 workers on the first GPU: wall time and mean AUROC (needs optuna).
+#      with 1 and with 4 workers on the first GPU (float32), and 4 workers with gpu_bf16.yaml:
+#      wall time and mean AUROC (needs optuna).
 # Each result goes to OUT_DIR as JSON or text, with a summary in OUT_DIR/summary.txt; a failing
 # step does not stop the others. Needs the test extra (pytest). About 6.5 minutes on one H200.
 #
@@ -70,4 +71,7 @@ if [ "$ACCELERATOR" = gpu ]; then
     step "sweep_one_class_w$workers.txt" python3 -m aelight sweep configs/sweeps/one_class.yaml --devices 0 \
       --workers_per_device "$workers" --out "$OUT/sweep_one_class_w$workers" --data.data_dir "$DATA"
   done
+  step sweep_one_class_w4_gpu_bf16.txt python3 -m aelight sweep configs/sweeps/one_class.yaml --devices 0 \
+    --workers_per_device 4 --out "$OUT/sweep_one_class_w4_gpu_bf16" --data.data_dir "$DATA" \
+    --config configs/trainer/gpu_bf16.yaml
 fi
