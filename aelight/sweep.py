@@ -343,8 +343,6 @@ def worker(args: argparse.Namespace, extra: list[str]) -> None:
 def result_rows(study, spec: dict) -> list[dict]:
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state.name in ("WAITING", "RUNNING"):
-            continue
         per_seed = t.user_attrs.get("metrics") or {}
         seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
         for seed in seeds:
@@ -359,6 +357,8 @@ def result_rows(study, spec: dict) -> list[dict]:
 
 def _reason(trial) -> str:
     """Why a trial did not complete; for a pruned one, what the pruner saw last."""
+    if trial.state.name in ("RUNNING", "WAITING"):  # another worker's, here or on another machine
+        return "not finished when these results were written; the same command again adds it"
     if trial.state.name == "PRUNED" and trial.intermediate_values:
         epoch = max(trial.intermediate_values)  # the epoch index Lightning's pruning callback reports
         value = trial.intermediate_values[epoch]

@@ -166,3 +166,17 @@ def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     (row,) = [r for r in sweep.result_rows(study, spec) if r["state"] == "pruned"]
     assert row["reason"] == "val/loss 0.5 after 3 epochs, worse than the median of earlier trials there"
+
+
+def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(tmp_path):
+    spec = {"search": {}, "grid": {"data.batch_size": [16, 32]}, "seeds": [0], "direction": "minimize",
+            "report": ["val/mse"]}  # fmt: skip
+    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    done = study.ask()
+    done.set_user_attr("metrics", {"0": {"val/mse": 0.02}})
+    study.tell(done, 0.02)
+    running = study.ask()  # taken by a worker elsewhere, not finished
+    table = sweep.result_rows(study, spec)
+    assert [r["state"] for r in table] == ["complete", "running"]
+    markdown = sweep.results_markdown(table, spec | {"metric": "val/mse"}, "s")
+    assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
