@@ -411,7 +411,12 @@ def main(args: Optional[list] = None) -> None:
         sys.exit(SIGTERM_EXIT)
     except Exception as err:
         if type(err).__name__ == "TrialPruned":  # optuna's: aelight sweep's pruning callback stopped this run
-            print("aelight: stopped: the sweep pruned this trial (its val/loss trails the others')", file=sys.stderr)
+            from aelight.sweep import PRUNING_MONITOR
+
+            print(
+                f"aelight: stopped: the sweep pruned this trial (its {PRUNING_MONITOR} trails the others')",
+                file=sys.stderr,
+            )
             sys.exit(PRUNED_EXIT)
         message = user_error(err)
         if message is None:

@@ -5,6 +5,7 @@ Lightning release changes one of them, and pyproject.toml admits only the tested
 """
 
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.overrides.distributed import prepare_for_backward
 
 
 def count_optimizer_step(optimizer: LightningOptimizer) -> None:
@@ -36,7 +37,6 @@ def ddp_backward(model):
     """``loss.backward()`` for a loss computed outside ``DistributedDataParallel.forward`` (the
     engine's steps run inside one Lightning ``training_step``), with DDP's gradient all-reduce:
     Lightning's DDP strategy readies the reducer this way before each manual backward."""
-    from lightning.pytorch.overrides.distributed import prepare_for_backward
 
     def backward(loss):
         prepare_for_backward(model, loss)

@@ -419,7 +419,7 @@ def parser() -> argparse.ArgumentParser:
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials, seeds, metric, direction,\n"
         "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
-        "val/loss trails the median from its third epoch on; with several seeds the first one's epochs\n"
+        f"{PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first one's epochs\n"
         "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"
         "See configs/sweeps/.\n\n"
         "Any other option is an `aelight fit` option applied to every trial.",

@@ -3,6 +3,7 @@ per trial, a failing trial is recorded with its reason while the others finish, 
 a kill finishes the rest without repeating a finished trial, and no two trials share a folder."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -141,8 +142,6 @@ def test_results_tables_average_seeds_and_rank_settings():
 
 
 def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_path, monkeypatch):
-    import json
-
     import optuna
 
     from aelight.sweep_pruning import TRIAL_ENV, SweepPruning
