@@ -42,6 +42,9 @@ SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric",
              "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
+# Lines of jsonargparse's explanation that say how it searched, not what is wrong
+PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
+                "Expected a <class 'NoneType'>", "Given value type:", "Given value:")  # fmt: skip
 
 
 class TrialFailed(Exception):
@@ -65,6 +68,9 @@ def load_spec(path: str) -> dict:
     spec.setdefault("command", "fit")
     if spec["command"] not in COMMANDS:
         raise ConfigError(f"sweep spec {path}: command must be one of {COMMANDS}, got {spec['command']!r}")
+    for key in ("grid", "search"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ConfigError(f"sweep spec {path}: {key} must be a mapping of options, e.g. {key}: {{lr: ...}}")
     spec["config"] = _as_list(spec.get("config"))
     spec["grid"] = spec.get("grid") or {}
     spec["search"] = spec.get("search") or {}
@@ -76,13 +82,17 @@ def load_spec(path: str) -> dict:
     for key, space in spec["search"].items():
         if not isinstance(space, dict) or not ({"low", "high"} <= set(space) or "choices" in space):
             raise ConfigError(f"sweep spec {path}: search.{key} needs low and high (and optional log, int), or choices")
-    if spec["search"] and not isinstance(spec.get("trials"), int):
-        raise ConfigError(f"sweep spec {path}: a search needs trials: N (how many settings to try)")
-    if not spec["grid"] and not spec["search"]:
-        raise ConfigError(f"sweep spec {path}: give a grid and/or a search space")
+    trials = spec.get("trials")
+    if spec["search"] and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        raise ConfigError(f"sweep spec {path}: a search needs trials: N, a whole number of settings to try")
     if not spec["config"] and "config" not in spec["grid"]:
         raise ConfigError(f"sweep spec {path}: name the base config(s) with config: or grid: {{config: [...]}}")
-    if not all(isinstance(s, int) for s in spec["seeds"]):
+    for config in [*spec["config"], *spec["grid"].get("config", [])]:
+        if not isinstance(config, str) or not Path(config).is_file():
+            raise ConfigError(
+                f"sweep spec {path}: config file {config} not found (paths are relative to where aelight runs)"
+            )
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
         raise ConfigError(f"sweep spec {path}: seeds must be whole numbers")
     spec.setdefault("metric", "test/mse" if spec["command"] == "fit" else "auroc")
     spec.setdefault("direction", "maximize" if spec["metric"] in ("auroc", "test/psnr", "test/ssim") else "minimize")
@@ -91,6 +101,8 @@ def load_spec(path: str) -> dict:
     spec["report"] = _as_list(spec.get("report")) or [spec["metric"]]
     if spec["metric"] not in spec["report"]:
         spec["report"].insert(0, spec["metric"])
+    if not all(isinstance(m, str) for m in spec["report"]):
+        raise ConfigError(f"sweep spec {path}: metric and report name logged metrics, e.g. test/mse")
     return spec
 
 
@@ -174,7 +186,13 @@ def failure_reason(output: str, code: int) -> str:
             return line.removeprefix("aelight: error: ")
     for i, line in enumerate(lines):
         if line.startswith("error:"):
-            detail = [rest.strip(" -") for rest in lines[i + 1 : i + 5] if rest.startswith(" ")]
+            detail = []
+            for rest in lines[i + 1 :]:
+                if not rest.startswith(" "):
+                    break
+                rest = rest.strip(" -")
+                if not rest.startswith(PARSER_NOISE):
+                    detail.append(rest)
             return " ".join([line, *detail])
     errors = [line for line in lines if "Error" in line]
     return (errors or lines or [f"exit code {code}"])[-1]
@@ -208,8 +226,11 @@ def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage
             metrics = run_metrics(spec, run_root, seed)
             per_seed[str(seed)] = {m: metrics.get(m) for m in spec["report"]}
             value = metrics.get(spec["metric"])
-            if value is None or not math.isfinite(value):
-                raise TrialFailed(f"the run logged no finite {spec['metric']}")
+            if value is None:
+                logged = ", ".join(sorted(m for m in metrics if "/" in m or spec["command"] == "anomaly"))
+                raise TrialFailed(f"the run logged no {spec['metric']} (the spec's metric); it logged {logged}")
+            if not math.isfinite(value):
+                raise TrialFailed(f"{spec['metric']} is {value}")
             values.append(value)
     except TrialFailed as err:
         trial.set_user_attr("reason", str(err))
@@ -244,6 +265,20 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
             load_if_exists=True,
         )  # fmt: skip
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def open_storage(url: str):
+    """Optuna's storage at ``url``; one clear error when it cannot be opened."""
+    import optuna
+
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as err:  # SQLAlchemy's and the database drivers' errors have no common base
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"--storage {url}: cannot open it as an Optuna storage ({reason}); give a database URL such as "
+            "sqlite:///sweep.db or postgresql://user@host/db"
+        ) from None
 
 
 def search_pruner():
@@ -381,8 +416,7 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     settings: dict[str, list[dict]] = {}
     for row in rows:
         if row["state"] == "complete":
-            key = ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
-            settings.setdefault(key, []).append(row)
+            settings.setdefault(_setting(row, fixed), []).append(row)
     sign = -1 if spec["direction"] == "maximize" else 1
     ranked = sorted(settings.items(), key=lambda kv: sign * statistics.fmean(r[spec["metric"]] for r in kv[1]))
     lines = [f"# {title}", "", f"{spec['metric']} ({spec['direction']}), mean ± std over seeds.", ""]
@@ -393,7 +427,14 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     if len(ranked) > 1:
         means = [statistics.fmean(r[spec["metric"]] for r in group) for _, group in ranked]
         lines += ["", f"Mean of the settings' means of {spec['metric']}: {statistics.fmean(means):.4f}"]
-    failed = [r for r in rows if r["state"] != "complete"]
+    # an interrupted trial whose setting and seed a later run of the command completed is history only
+    redone = {(key, r["seed"]) for key, group in settings.items() for r in group}
+    failed = [
+        r
+        for r in rows
+        if r["state"] != "complete"
+        and not (r.get("reason") == "interrupted" and (_setting(r, fixed), r["seed"]) in redone)
+    ]
     if failed:
         lines += ["", "Not completed:", ""]
         lines += [
@@ -401,6 +442,10 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
             for r in failed
         ]
     return "\n".join(lines) + "\n"
+
+
+def _setting(row: dict, fixed: set) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
 
 
 def _mean_std(values: list) -> str:
@@ -417,7 +462,8 @@ def parser() -> argparse.ArgumentParser:
         prog="aelight sweep",
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
-        "search ({option: {low, high, log, int} or {choices}}) with trials, seeds, metric, direction,\n"
+        "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
+        "per seed), seeds, metric, direction,\n"
         "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
         f"{PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first one's epochs\n"
         "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"
@@ -482,6 +528,8 @@ def main(argv: Optional[list] = None) -> None:
     if args.workers_per_device < 1:
         raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
     gpus = devices(args.devices)  # checked before anything is written
+    if args.storage:
+        open_storage(args.storage)
     out = Path(args.out)
     safe_files.check_writable(out, "choose another with --out DIR")
     (out / "runs").mkdir(exist_ok=True)

@@ -90,7 +90,8 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     assert "interrupted trial(s) again" in proc.stderr
 
 
-def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path):
+def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the specs name config files relative to where aelight runs
     variants = sweep.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
     assert len(variants["grid"]["config"]) >= 7 and variants["seeds"] == [0, 1, 2]
     assert all((REPO / c).exists() for c in variants["grid"]["config"])
@@ -102,12 +103,18 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path):
     for text, message in (
         ("grid: {data.batch_size: 16}", "must be a non-empty list"),
         ("grid: {a: [1]}\nsurprise: 1", "unknown key"),
-        ("search: {lr: {low: 0.1}}\nconfig: x.yaml", "needs low and high"),
-        ("config: x.yaml", "give a grid and/or a search"),
+        ("search: {lr: {low: 0.1}}\nconfig: configs/ae.yaml", "needs low and high"),
+        ("search: {lr: {choices: [1]}}\nconfig: configs/ae.yaml\ntrials: 0", "a search needs trials: N"),
+        ("grid: [1, 2]\nconfig: configs/ae.yaml", "grid must be a mapping of options"),
+        ("grid: {config: [configs/ae.yaml, configs/nope.yaml]}", "config file configs/nope.yaml not found"),
+        ("config: configs/ae.yaml\nseeds: [0, true]", "seeds must be whole numbers"),
     ):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             sweep.load_spec(str(tmp_path / "bad.yaml"))
+    (tmp_path / "seeds.yaml").write_text("config: configs/ae.yaml\nseeds: [0, 1, 2]")  # one setting, three seeds
+    seeds_only = sweep.load_spec(str(tmp_path / "seeds.yaml"))
+    assert seeds_only["grid"] == {} and seeds_only["seeds"] == [0, 1, 2]
     proc = subprocess.run([sys.executable, "-m", "aelight", "sweep", str(tmp_path / "missing.yaml")], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "missing.yaml" in proc.stderr
@@ -127,6 +134,37 @@ def test_devices_that_do_not_exist_are_one_line_and_write_nothing(tmp_path, caps
     assert not out.exists()
 
 
+def test_a_storage_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    for url in ("nosuchdb://host/x", f"sqlite:///{tmp_path}/no/such/folder/study.db"):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", "--devices=cpu", f"--storage={url}"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and f"--storage {url}: cannot open it" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_failed_trial_s_reason_is_the_parser_s_explanation_without_its_search():
+    output = """usage: aelight [options] fit [-c CONFIG]
+tip: For details of accepted options run: aelight fit --help
+error: Parser key "model":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'aelight.models.autoencoder.AE'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'aelight.models.AE':
+        Option 'bogus' is not accepted
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'jsonargparse._util.NestedArg'>
+  Given value: NestedArg(key='bogus', val='2')
+"""
+    assert sweep.failure_reason(output, 2) == (
+        "error: Parser key \"model\": Problem with given class_path 'aelight.models.AE': Option 'bogus' is not accepted"
+    )
+    assert sweep.failure_reason("aelight: error: data.batch_size must be at least 1\n", 1) == (
+        "data.batch_size must be at least 1"
+    )
+
+
 def test_results_tables_average_seeds_and_rank_settings():
     spec = {"metric": "test/mse", "direction": "minimize", "report": ["test/mse"]}
     table = [
@@ -138,6 +176,13 @@ def test_results_tables_average_seeds_and_rank_settings():
     markdown = sweep.results_markdown(table, spec, "t")
     lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
     assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
+    # an interrupted trial run again to completion is not listed as missing; one not yet run again is
+    table += [
+        {"trial": 4, "state": "fail", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
+        {"trial": 5, "state": "fail", "seed": 0, "lr": 0.5, "test/mse": None, "reason": "interrupted"},
+    ]
+    missing = sweep.results_markdown(table, spec, "t").split("Not completed:")[1]
+    assert "trial 3 (seed 1): fail: boom" in missing and "trial 5 (seed 0)" in missing and "trial 4" not in missing
     assert "trial 3 (seed 1): fail: boom" in markdown
 
 
