@@ -160,6 +160,9 @@ def run_one(cmd: list[str], env: dict, log: Path) -> None:
         try:
             code = proc.wait()
         except BaseException:  # Ctrl-C or SIGTERM of the sweep: stop the run, then report
+            # a second signal (the sweep stops its workers too) must not cut this short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             proc.terminate()
             try:
                 proc.wait(timeout=30)
@@ -252,7 +255,8 @@ def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage
 def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: int = 0):
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna would log each failed or interrupted trial with a traceback; results.md says why in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if spec["search"]:
         sampler = optuna.samplers.TPESampler(seed=worker_index)  # workers draw different settings
         pruner = search_pruner() if spec.get("prune") else optuna.pruners.NopPruner()
@@ -535,6 +539,7 @@ def main(argv: Optional[list] = None) -> None:
     (out / "runs").mkdir(exist_ok=True)
     args.storage = args.storage or f"sqlite:///{out / 'study.db'}"
     study = open_study(spec, args.study_name, args.storage, create=True)
+    check_same_trials(study, spec, extra, args.out)
     requeued = requeue_interrupted(study, args.storage)
     if requeued:
         print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
@@ -566,6 +571,44 @@ def main(argv: Optional[list] = None) -> None:
     finally:
         _stop(workers)
         write_results(study, spec, out, args.study_name)
+
+
+def check_same_trials(study, spec: dict, extra: list[str], out: str) -> None:
+    """A study continued by a later command (or joined from another machine) must run its trials as
+    the first command did, or its table would mix them (and a changed grid would run finished
+    points again): the same spec and trial options, the data folder aside (each machine has its
+    own). A search may be given more ``trials``."""
+    settings = {k: v for k, v in spec.items() if k not in ("description", "devices", "workers_per_device", "trials")}
+    mine = {"spec": settings, "options": _trial_options(extra)}
+    recorded = study.user_attrs.get("trials_run_as")
+    if recorded is None:
+        study.set_user_attr("trials_run_as", json.loads(json.dumps(mine)))
+        return
+    if recorded == json.loads(json.dumps(mine)):
+        return
+    if recorded["options"] != mine["options"]:
+        was, now = " ".join(recorded["options"]) or "no options", " ".join(mine["options"]) or "no options"
+        what = f"its trials were run with {was}, this command gives {now}"
+    else:
+        changed = sorted(k for k in set(settings) | set(recorded["spec"]) if settings.get(k) != recorded["spec"].get(k))
+        what = f"its spec has changed since it started ({', '.join(changed)})"
+    raise ConfigError(
+        f"sweep {out} (study {study.study_name}): {what}; run it as it started, or give another --out "
+        "(and --storage) for a new sweep"
+    )
+
+
+def _trial_options(extra: list[str]) -> list[str]:
+    """The trial options of a sweep's command line, each as --key=value, without the data folder."""
+    options, i = [], 0
+    while i < len(extra):
+        option = extra[i]
+        if "=" not in option and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            option, i = f"{option}={extra[i + 1]}", i + 1
+        if not option.startswith("--data.data_dir"):
+            options.append(option)
+        i += 1
+    return options
 
 
 def _stop(workers: list) -> None:

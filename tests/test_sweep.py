@@ -224,3 +224,40 @@ def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(t
     assert [r["state"] for r in table] == ["complete", "running"]
     markdown = sweep.results_markdown(table, spec | {"metric": "val/mse"}, "s")
     assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
+
+
+def test_a_sweep_continued_with_other_trial_options_or_another_grid_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = sweep.load_spec(str(write_spec(tmp_path, {"data.batch_size": [16, 32]})))
+    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    first = ["--data.data_dir", "/a/data", "--trainer.max_epochs", "2"]
+    sweep.check_same_trials(study, spec, first, "out")  # records how its trials run
+    sweep.check_same_trials(
+        study, spec, ["--data.data_dir=/b/data", "--trainer.max_epochs=2"], "out"
+    )  # another machine
+    with pytest.raises(ConfigError, match="run with --trainer.max_epochs=2, this command gives --trainer.max_epochs=3"):
+        sweep.check_same_trials(study, spec, ["--data.data_dir=/a/data", "--trainer.max_epochs", "3"], "out")
+    wider = spec | {"grid": {"data.batch_size": [16, 32, 64]}}
+    with pytest.raises(ConfigError, match=r"its spec has changed since it started \(grid\)"):
+        sweep.check_same_trials(study, wider, first, "out")
+    sweep.check_same_trials(study, spec | {"trials": 40, "workers_per_device": 3}, first, "out")  # more trials: fine
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_every_worker_and_run_without_a_traceback(tiny_data, tmp_path, stop):
+    spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
+    cmd = [*sweep_cmd(spec, out, tiny_data), "--trainer.max_epochs=100000"]  # runs until stopped
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not list(out.glob("runs/trial_*/seed*/version_0")) and time.time() < deadline:  # both runs training
+        time.sleep(0.2)
+    time.sleep(3)
+    os.killpg(first.pid, getattr(signal, stop))  # as a terminal's Ctrl-C does: the whole process group
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == {"SIGINT": 130, "SIGTERM": 143}[stop], stderr[-3000:]
+    assert "Traceback" not in stderr and "run the same command again" in stderr
+    with pytest.raises(ProcessLookupError):  # no worker or run left behind
+        os.killpg(first.pid, 0)
+    table = rows(out)
+    assert len(table) == 2 and all(r["state"] == "fail" and r["reason"] == "interrupted" for r in table)
