@@ -531,6 +531,13 @@ def main(argv: Optional[list] = None) -> None:
         args.devices = ",".join(str(d) for d in _as_list(args.devices))
     if args.workers_per_device < 1:
         raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
+    for option in _trial_options([*spec["options"], *extra]):
+        key, _, value = option.partition("=")
+        if key == "--trainer.fast_dev_run" and value.lower() not in ("false", "0"):
+            raise ConfigError(
+                f"{option}: a fast_dev_run keeps no logs or checkpoints, so a sweep would have nothing to "
+                "report; for a quick sweep give --trainer.max_epochs 1 --trainer.limit_train_batches 10"
+            )
     gpus = devices(args.devices)  # checked before anything is written
     if args.storage:
         open_storage(args.storage)

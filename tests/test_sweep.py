@@ -127,6 +127,7 @@ def test_devices_that_do_not_exist_are_one_line_and_write_nothing(tmp_path, caps
         (["--devices=0"], "--devices 0: this machine has 0 GPU(s)"),
         (["--devices=a,b"], "give cpu or GPU indices"),
         (["--workers_per_device=0"], "--workers_per_device must be at least 1"),
+        (["--devices=cpu", "--trainer.fast_dev_run", "true"], "a fast_dev_run keeps no logs or checkpoints"),
     ):
         with pytest.raises(SystemExit) as exit_:
             sweep.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", *argv])
