@@ -9,8 +9,9 @@ Optuna supports, so several machines join one sweep by running the same command)
 starts N worker processes per device; each takes trials from the study with Optuna's own samplers
 (grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs each as
 an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint) or ``aelight anomaly``,
-under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial and seed)
-and ``results.md`` (mean ± std over seeds per setting), and prints the latter.
+under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial and seed: its
+settings, seed, metrics, status, seconds, reason, run folder) and ``results.md`` (mean ± std over
+seeds per setting), and prints the latter.
 
 A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line
 reason and the others go on; Ctrl-C or SIGTERM stops the workers and their runs; running the same
@@ -41,6 +42,8 @@ COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
              "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
+# results' status of a trial, from Optuna's state
+STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 # Lines of jsonargparse's explanation that say how it searched, not what is wrong
 PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
@@ -386,7 +389,7 @@ def result_rows(study, spec: dict) -> list[dict]:
         seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
         for seed in seeds:
             metrics = per_seed.get(str(seed), {})
-            row = {"trial": t.number, "state": t.state.name.lower(), "seed": seed}
+            row = {"trial": t.number, "status": STATUS[t.state.name], "seed": seed}
             row |= {k: v for k, v in t.params.items() if k != "seed"}
             row |= {m: metrics.get(m) for m in spec["report"]}
             row |= {"seconds": t.user_attrs.get("seconds"), "reason": _reason(t), "run": t.user_attrs.get("run", "")}
@@ -416,10 +419,10 @@ def results_csv(rows: list[dict]) -> str:
 
 def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     """Mean ± std over seeds of each reported metric per setting, best first; failures below."""
-    fixed = {"trial", "state", "seed", "seconds", "reason", "run", *spec["report"]}
+    fixed = {"trial", "status", "seed", "seconds", "reason", "run", *spec["report"]}
     settings: dict[str, list[dict]] = {}
     for row in rows:
-        if row["state"] == "complete":
+        if row["status"] == "complete":
             settings.setdefault(_setting(row, fixed), []).append(row)
     sign = -1 if spec["direction"] == "maximize" else 1
     ranked = sorted(settings.items(), key=lambda kv: sign * statistics.fmean(r[spec["metric"]] for r in kv[1]))
@@ -436,13 +439,13 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     failed = [
         r
         for r in rows
-        if r["state"] != "complete"
+        if r["status"] != "complete"
         and not (r.get("reason") == "interrupted" and (_setting(r, fixed), r["seed"]) in redone)
     ]
     if failed:
         lines += ["", "Not completed:", ""]
         lines += [
-            f"- trial {r['trial']} (seed {r['seed']}): {r['state']}: {r['reason'] or 'no reason recorded'}"
+            f"- trial {r['trial']} (seed {r['seed']}): {r['status']}: {r['reason'] or 'no reason recorded'}"
             for r in failed
         ]
     return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, t
     proc = subprocess.run(sweep_cmd(spec, out, tiny_data), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = rows(out)
-    assert len(table) == 4 and {r["state"] for r in table} == {"complete"}
+    assert len(table) == 4 and {r["status"] for r in table} == {"complete"}
     assert {(r["data.batch_size"], r["seed"]) for r in table} == {("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")}
     assert all(0 < float(r["val/mse"]) < 1 and float(r["val/psnr"]) > 0 for r in table)
     assert len({r["run"] for r in table}) == 4  # two workers never share a run folder
@@ -62,8 +62,8 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_
     proc = subprocess.run(sweep_cmd(spec, out, tiny_data), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = {r["data.batch_size"]: r for r in rows(out)}
-    assert table["32"]["state"] == "complete" and float(table["32"]["val/mse"]) > 0
-    assert table["0"]["state"] == "fail" and "data.batch_size must be at least 1" in table["0"]["reason"]
+    assert table["32"]["status"] == "complete" and float(table["32"]["val/mse"]) > 0
+    assert table["0"]["status"] == "failed" and "data.batch_size must be at least 1" in table["0"]["reason"]
     assert "data.batch_size must be at least 1" in (out / "results.md").read_text()
 
 
@@ -83,9 +83,9 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = rows(out)
-    complete = [(r["data.batch_size"], r["seed"]) for r in table if r["state"] == "complete"]
+    complete = [(r["data.batch_size"], r["seed"]) for r in table if r["status"] == "complete"]
     assert sorted(complete) == [("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")]  # each exactly once
-    interrupted = [r for r in table if r["state"] != "complete"]
+    interrupted = [r for r in table if r["status"] != "complete"]
     assert interrupted and all(r["reason"] == "interrupted" for r in interrupted)
     assert "interrupted trial(s) again" in proc.stderr
 
@@ -169,22 +169,22 @@ error: Parser key "model":
 def test_results_tables_average_seeds_and_rank_settings():
     spec = {"metric": "test/mse", "direction": "minimize", "report": ["test/mse"]}
     table = [
-        {"trial": 0, "state": "complete", "seed": 0, "lr": 0.1, "test/mse": 0.3},
-        {"trial": 1, "state": "complete", "seed": 1, "lr": 0.1, "test/mse": 0.5},
-        {"trial": 2, "state": "complete", "seed": 0, "lr": 0.01, "test/mse": 0.2},
-        {"trial": 3, "state": "fail", "seed": 1, "lr": 0.01, "test/mse": None, "reason": "boom"},
+        {"trial": 0, "status": "complete", "seed": 0, "lr": 0.1, "test/mse": 0.3},
+        {"trial": 1, "status": "complete", "seed": 1, "lr": 0.1, "test/mse": 0.5},
+        {"trial": 2, "status": "complete", "seed": 0, "lr": 0.01, "test/mse": 0.2},
+        {"trial": 3, "status": "failed", "seed": 1, "lr": 0.01, "test/mse": None, "reason": "boom"},
     ]
     markdown = sweep.results_markdown(table, spec, "t")
     lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
     assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
     # an interrupted trial run again to completion is not listed as missing; one not yet run again is
     table += [
-        {"trial": 4, "state": "fail", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
-        {"trial": 5, "state": "fail", "seed": 0, "lr": 0.5, "test/mse": None, "reason": "interrupted"},
+        {"trial": 4, "status": "failed", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
+        {"trial": 5, "status": "failed", "seed": 0, "lr": 0.5, "test/mse": None, "reason": "interrupted"},
     ]
     missing = sweep.results_markdown(table, spec, "t").split("Not completed:")[1]
-    assert "trial 3 (seed 1): fail: boom" in missing and "trial 5 (seed 0)" in missing and "trial 4" not in missing
-    assert "trial 3 (seed 1): fail: boom" in markdown
+    assert "trial 3 (seed 1): failed: boom" in missing and "trial 5 (seed 0)" in missing and "trial 4" not in missing
+    assert "trial 3 (seed 1): failed: boom" in markdown
 
 
 def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_path, monkeypatch):
@@ -209,7 +209,7 @@ def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_
         # the sweep's pruner waits 2 epochs; Optuna's default pruner would stop at the first
         assert run_trial.should_prune() == (epoch == 2)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    (row,) = [r for r in sweep.result_rows(study, spec) if r["state"] == "pruned"]
+    (row,) = [r for r in sweep.result_rows(study, spec) if r["status"] == "pruned"]
     assert row["reason"] == "val/loss 0.5 after 3 epochs, worse than the median of earlier trials there"
 
 
@@ -222,7 +222,7 @@ def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(t
     study.tell(done, 0.02)
     running = study.ask()  # taken by a worker elsewhere, not finished
     table = sweep.result_rows(study, spec)
-    assert [r["state"] for r in table] == ["complete", "running"]
+    assert [r["status"] for r in table] == ["complete", "running"]
     markdown = sweep.results_markdown(table, spec | {"metric": "val/mse"}, "s")
     assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
 
@@ -261,4 +261,4 @@ def test_ctrl_c_or_sigterm_stops_every_worker_and_run_without_a_traceback(tiny_d
     with pytest.raises(ProcessLookupError):  # no worker or run left behind
         os.killpg(first.pid, 0)
     table = rows(out)
-    assert len(table) == 2 and all(r["state"] == "fail" and r["reason"] == "interrupted" for r in table)
+    assert len(table) == 2 and all(r["status"] == "failed" and r["reason"] == "interrupted" for r in table)
