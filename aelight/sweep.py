@@ -39,8 +39,8 @@ from aelight import safe_files
 from aelight.errors import AelightError, ConfigError
 
 COMMANDS = ("fit", "anomaly")
-SPEC_KEYS = {"command", "config", "grid", "search", "trials", "seeds", "metric", "direction", "report", "options",
-             "prune", "description", "devices", "workers_per_device"}  # fmt: skip
+SPEC_KEYS = {"command", "config", "grid", "search", "link", "trials", "seeds", "metric", "direction", "report",
+             "options", "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
@@ -85,6 +85,13 @@ def load_spec(path: str) -> dict:
     for key, space in spec["search"].items():
         if not isinstance(space, dict) or not ({"low", "high"} <= set(space) or "choices" in space):
             raise ConfigError(f"sweep spec {path}: search.{key} needs low and high (and optional log, int), or choices")
+    spec["link"] = spec.get("link") or {}
+    varied = {*spec["grid"], *spec["search"]}
+    if not isinstance(spec["link"], dict) or not all(source in varied for source in spec["link"].values()):
+        raise ConfigError(
+            f"sweep spec {path}: link maps an option to the grid or search option whose value it takes, "
+            "e.g. link: {model.init_args.decoder.init_args.in_features: model.init_args.encoder.init_args.out_features}"
+        )
     trials = spec.get("trials")
     if spec["search"] and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
         raise ConfigError(f"sweep spec {path}: a search needs trials: N, a whole number of settings to try")
@@ -128,6 +135,7 @@ def trial_commands(spec: dict, params: dict, seed: int, run_root: Path, extra: l
     """The aelight command lines of one trial and seed (fit then test, or anomaly)."""
     configs = [*spec["config"], *([params["config"]] if "config" in params else [])]
     options = [_option(k, v) for k, v in params.items() if k not in ("config", "seed")]
+    options += [_option(target, params[source]) for target, source in spec["link"].items()]
     common = [*(f"--config={c}" for c in configs), *spec["options"], *options, *extra]
     logged = [f"--trainer.logger.init_args.save_dir={run_root}", "--trainer.enable_progress_bar=false"]
     if spec["command"] == "anomaly":
@@ -470,7 +478,7 @@ def parser() -> argparse.ArgumentParser:
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
-        "per seed), seeds, metric, direction,\n"
+        "per seed), link ({option: grid or search option whose value it takes}), seeds, metric, direction,\n"
         "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
         f"{PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first one's epochs\n"
         "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"

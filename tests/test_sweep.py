@@ -18,6 +18,7 @@ from aelight import sweep
 from aelight.errors import ConfigError
 from tests.conftest import REPO
 
+CODE_SIZE = "model.init_args.encoder.init_args.out_features"
 SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
          "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false"]  # fmt: skip
 
@@ -108,10 +109,14 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
         ("grid: [1, 2]\nconfig: configs/ae.yaml", "grid must be a mapping of options"),
         ("grid: {config: [configs/ae.yaml, configs/nope.yaml]}", "config file configs/nope.yaml not found"),
         ("config: configs/ae.yaml\nseeds: [0, true]", "seeds must be whole numbers"),
+        ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: c}", "link maps an option to the grid or search"),
     ):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             sweep.load_spec(str(tmp_path / "bad.yaml"))
+    code_size = sweep.load_spec(str(REPO / "configs/sweeps/code_size.yaml"))  # the decoder's input linked
+    (fit, _test) = sweep.trial_commands(code_size, {CODE_SIZE: 8, "seed": 0}, 0, tmp_path, [])
+    assert f"--{CODE_SIZE}=8" in fit and "--model.init_args.decoder.init_args.in_features=8" in fit
     (tmp_path / "seeds.yaml").write_text("config: configs/ae.yaml\nseeds: [0, 1, 2]")  # one setting, three seeds
     seeds_only = sweep.load_spec(str(tmp_path / "seeds.yaml"))
     assert seeds_only["grid"] == {} and seeds_only["seeds"] == [0, 1, 2]
