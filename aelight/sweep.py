@@ -460,7 +460,8 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
 
 
 def _setting(row: dict, fixed: set) -> str:
-    return ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
+    """A setting as the table shows it: its options without their ``init_args.`` (results.csv keeps them)."""
+    return ", ".join(f"{k.replace('init_args.', '')}={v}" for k, v in row.items() if k not in fixed)
 
 
 def _mean_std(values: list) -> str:
