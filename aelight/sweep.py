@@ -569,19 +569,9 @@ def main(argv: Optional[list] = None) -> None:
     try:
         for gpu in gpus:
             for _ in range(args.workers_per_device):
-                env = dict(os.environ)
-                if gpu is None:  # CPU workers share the cores
-                    env |= {
-                        "OMP_NUM_THREADS": str(threads),
-                        "MKL_NUM_THREADS": str(threads),
-                        "CUDA_VISIBLE_DEVICES": "",
-                    }
-                    accelerator = ["--trainer.accelerator=cpu"]
-                else:
-                    env["CUDA_VISIBLE_DEVICES"] = gpu
-                    accelerator = ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+                env, accelerator = worker_placement(gpu, threads)
                 index = [f"--worker_index={len(workers)}"]
-                workers.append(subprocess.Popen([*base, *index, *accelerator, *extra], env=env))
+                workers.append(subprocess.Popen([*base, *index, *accelerator, *extra], env=dict(os.environ) | env))
         for w in workers:
             w.wait()
     except KeyboardInterrupt:  # the workers are stopped below, before the results are written
@@ -628,6 +618,15 @@ def _trial_options(extra: list[str]) -> list[str]:
             options.append(option)
         i += 1
     return options
+
+
+def worker_placement(gpu: Optional[str], threads: int) -> tuple[dict, list[str]]:
+    """A worker's environment and trainer options: pinned to one GPU (or to no GPU) with its share
+    of the cores (on GPUs too: each worker's CPU-side threads would otherwise take every core)."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpu is None:
+        return env | {"CUDA_VISIBLE_DEVICES": ""}, ["--trainer.accelerator=cpu"]
+    return env | {"CUDA_VISIBLE_DEVICES": gpu}, ["--trainer.accelerator=gpu", "--trainer.devices=1"]
 
 
 def _stop(workers: list) -> None:

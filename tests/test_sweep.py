@@ -273,3 +273,12 @@ def test_ctrl_c_or_sigterm_stops_every_worker_and_run_without_a_traceback(tiny_d
         os.killpg(first.pid, 0)
     table = rows(out)
     assert len(table) == 2 and all(r["status"] == "failed" and r["reason"] == "interrupted" for r in table)
+
+
+def test_each_worker_is_pinned_to_its_gpu_or_to_none_with_its_share_of_the_cores():
+    env, options = sweep.worker_placement("2", threads=4)
+    assert env == {"CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert options == ["--trainer.accelerator=gpu", "--trainer.devices=1"]  # device 0 of what it sees: GPU 2
+    env, options = sweep.worker_placement(None, threads=1)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
+    assert options == ["--trainer.accelerator=cpu"]
