@@ -362,8 +362,29 @@ def left_to_start(study, spec: dict) -> int:
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     if spec["search"]:
         return max(0, spec["trials"] - len(taken))
-    grid = math.prod(len(v) for v in spec["grid"].values()) * len(spec["seeds"])
-    return max(0, grid - len({_key(t.params) for t in taken})) + waiting
+    return max(0, planned_trials(spec) - len({_key(t.params) for t in taken})) + waiting
+
+
+def planned_trials(spec: dict) -> int:
+    """How many trials the spec asks for: the search's number, or every grid point with every seed."""
+    if spec["search"]:
+        return spec["trials"]
+    return math.prod(len(v) for v in spec["grid"].values()) * len(spec["seeds"])
+
+
+def progress_line(study, trial, spec: dict) -> str:
+    """One line when a trial ends: its status, setting and seed, metric or reason, seconds, and how
+    many of the spec's trials have ended."""
+    from optuna.trial import TrialState
+
+    setting = ", ".join(f"{k.replace('init_args.', '')}={v}" for k, v in trial.params.items()) or "the base config"
+    outcome = f"{spec['metric']} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else _reason(trial)
+    ended = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False))
+    seconds = trial.user_attrs.get("seconds")
+    return (
+        f"aelight sweep: trial {trial.number} {STATUS[trial.state.name]} ({setting}): {outcome}"
+        f"{f', {seconds:.0f} s' if seconds is not None else ''} [{ended} of {planned_trials(spec)} ended]"
+    )
 
 
 def worker(args: argparse.Namespace, extra: list[str]) -> None:
@@ -372,7 +393,8 @@ def worker(args: argparse.Namespace, extra: list[str]) -> None:
     study = open_study(spec, args.study_name, args.storage, create=False, worker_index=args.worker_index)
     env = dict(os.environ)
 
-    def stop_when_all_started(study, _trial) -> None:
+    def stop_when_all_started(study, trial) -> None:
+        print(progress_line(study, trial, spec), file=sys.stderr, flush=True)
         if not left_to_start(study, spec):
             study.stop()
 
@@ -562,6 +584,13 @@ def main(argv: Optional[list] = None) -> None:
     requeued = requeue_interrupted(study, args.storage)
     if requeued:
         print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
+    where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
+    print(
+        f"aelight sweep: {left_to_start(study, spec)} of {planned_trials(spec)} trials to run, "
+        f"{len(gpus) * args.workers_per_device} worker(s) on {where}; runs under {out / 'runs'}",
+        file=sys.stderr,
+        flush=True,
+    )
     workers = []
     threads = max(1, (os.cpu_count() or 1) // (len(gpus) * args.workers_per_device))
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",

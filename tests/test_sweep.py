@@ -55,6 +55,8 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, t
     markdown = (out / "results.md").read_text()
     assert "data.batch_size=16 | 2 |" in markdown and "data.batch_size=32 | 2 |" in markdown
     assert "| setting | seeds | val/mse | val/psnr |" in proc.stdout  # printed at the end
+    assert "4 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # what it will do, then each trial's end
+    assert proc.stderr.count(" complete (data.batch_size=") == 4 and "[4 of 4 ended]" in proc.stderr
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_data, tmp_path):
@@ -66,6 +68,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_
     assert table["32"]["status"] == "complete" and float(table["32"]["val/mse"]) > 0
     assert table["0"]["status"] == "failed" and "data.batch_size must be at least 1" in table["0"]["reason"]
     assert "data.batch_size must be at least 1" in (out / "results.md").read_text()
+    assert "failed (data.batch_size=0, seed=0): aelight fit exited with 1: data.batch_size must be" in proc.stderr
 
 
 def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data, tmp_path):
