@@ -42,6 +42,9 @@ COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "link", "trials", "seeds", "metric", "direction", "report",
              "options", "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
+# metrics (the name after the stage) that are better higher; any other is better lower
+HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", "ssim", "elbo", "denoise_psnr",
+                    "denoise_ssim"}  # fmt: skip
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
@@ -105,7 +108,9 @@ def load_spec(path: str) -> dict:
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
         raise ConfigError(f"sweep spec {path}: seeds must be whole numbers")
     spec.setdefault("metric", "test/mse" if spec["command"] == "fit" else "auroc")
-    spec.setdefault("direction", "maximize" if spec["metric"] in ("auroc", "test/psnr", "test/ssim") else "minimize")
+    if "direction" not in spec:  # what is better by its name: a score up, an error down
+        name = str(spec["metric"]).rsplit("/", 1)[-1].removesuffix("_best")
+        spec["direction"] = "maximize" if name in HIGHER_IS_BETTER else "minimize"
     if spec["direction"] not in ("minimize", "maximize"):
         raise ConfigError(f"sweep spec {path}: direction must be minimize or maximize")
     spec["report"] = _as_list(spec.get("report")) or [spec["metric"]]
@@ -501,7 +506,8 @@ def parser() -> argparse.ArgumentParser:
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
-        "per seed), link ({option: grid or search option whose value it takes}), seeds, metric, direction,\n"
+        "per seed), link ({option: grid or search option whose value it takes}), seeds, metric, direction\n"
+        "(default: up for scores such as auroc, psnr, ssim, elbo; down for errors and losses),\n"
         "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
         f"{PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first one's epochs\n"
         "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"

@@ -120,6 +120,10 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     code_size = sweep.load_spec(str(REPO / "configs/sweeps/code_size.yaml"))  # the decoder's input linked
     (fit, _test) = sweep.trial_commands(code_size, {CODE_SIZE: 8, "seed": 0}, 0, tmp_path, [])
     assert f"--{CODE_SIZE}=8" in fit and "--model.init_args.decoder.init_args.in_features=8" in fit
+    for metric, direction in (("test/elbo", "maximize"), ("val/psnr_best", "maximize"), ("f1", "maximize"),
+                              ("test/nll", "minimize"), ("val/loss", "minimize")):  # fmt: skip
+        (tmp_path / "m.yaml").write_text(f"config: configs/ae.yaml\nmetric: {metric}")
+        assert sweep.load_spec(str(tmp_path / "m.yaml"))["direction"] == direction, metric
     (tmp_path / "seeds.yaml").write_text("config: configs/ae.yaml\nseeds: [0, 1, 2]")  # one setting, three seeds
     seeds_only = sweep.load_spec(str(tmp_path / "seeds.yaml"))
     assert seeds_only["grid"] == {} and seeds_only["seeds"] == [0, 1, 2]
