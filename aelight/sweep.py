@@ -382,7 +382,7 @@ def progress_line(study, trial, spec: dict) -> str:
     many of the spec's trials have ended."""
     from optuna.trial import TrialState
 
-    setting = ", ".join(f"{k.replace('init_args.', '')}={v}" for k, v in trial.params.items()) or "the base config"
+    setting = ", ".join(f"{_shown(k)}={v}" for k, v in trial.params.items()) or "the base config"
     outcome = f"{spec['metric']} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else _reason(trial)
     ended = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False))
     seconds = trial.user_attrs.get("seconds")
@@ -452,8 +452,9 @@ def results_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
-    """Mean ± std over seeds of each reported metric per setting, best first; failures below."""
+def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional[list] = None) -> str:
+    """Mean ± std over seeds of each reported metric per setting, best first; failures below.
+    ``options``: the trial options the sweep's command added to the spec, said under the title."""
     fixed = {"trial", "status", "seed", "seconds", "reason", "run", *spec["report"]}
     settings: dict[str, list[dict]] = {}
     for row in rows:
@@ -462,6 +463,8 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
     sign = -1 if spec["direction"] == "maximize" else 1
     ranked = sorted(settings.items(), key=lambda kv: sign * statistics.fmean(r[spec["metric"]] for r in kv[1]))
     lines = [f"# {title}", "", f"{spec['metric']} ({spec['direction']}), mean ± std over seeds.", ""]
+    if options:
+        lines += [f"Every trial also had {' '.join(options)}.", ""]
     lines += ["| setting | seeds | " + " | ".join(spec["report"]) + " |", "|---" * (len(spec["report"]) + 2) + "|"]
     for key, group in ranked:
         cells = [_mean_std([r[m] for r in group if r[m] is not None]) for m in spec["report"]]
@@ -487,8 +490,12 @@ def results_markdown(rows: list[dict], spec: dict, title: str) -> str:
 
 
 def _setting(row: dict, fixed: set) -> str:
-    """A setting as the table shows it: its options without their ``init_args.`` (results.csv keeps them)."""
-    return ", ".join(f"{k.replace('init_args.', '')}={v}" for k, v in row.items() if k not in fixed)
+    return ", ".join(f"{_shown(k)}={v}" for k, v in row.items() if k not in fixed)
+
+
+def _shown(key: str) -> str:
+    """An option as tables and progress lines show it: without its ``init_args.`` (results.csv keeps them)."""
+    return key.replace("init_args.", "")
 
 
 def _mean_std(values: list) -> str:
@@ -678,7 +685,7 @@ def _stop(workers: list) -> None:
 def write_results(study, spec: dict, out: Path, title: str) -> None:
     rows = result_rows(study, spec)
     safe_files.write_text(out / "results.csv", results_csv(rows), what="results")
-    markdown = results_markdown(rows, spec, title)
+    markdown = results_markdown(rows, spec, title, study.user_attrs.get("trials_run_as", {}).get("options"))
     safe_files.write_text(out / "results.md", markdown, what="results")
     print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md")
 

@@ -190,6 +190,8 @@ def test_results_tables_average_seeds_and_rank_settings():
     lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
     assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
     assert "Mean" not in markdown  # a mean over learning rates means nothing; over digits it is the protocol's figure
+    with_options = sweep.results_markdown(table, spec, "t", ["--trainer.max_epochs=10"])
+    assert "seeds.\n\nEvery trial also had --trainer.max_epochs=10.\n\n| setting" in with_options  # how it was made
     digits = [{"trial": d, "status": "complete", "seed": 42, "digits": d, "auroc": a} for d, a in ((0, 0.9), (1, 0.8))]
     one_class = {"command": "anomaly", "metric": "auroc", "direction": "maximize", "report": ["auroc"]}
     assert "Mean auroc over the 2 settings: 0.8500" in sweep.results_markdown(digits, one_class, "t")
