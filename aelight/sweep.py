@@ -359,15 +359,16 @@ def left_to_start(study, spec: dict) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    taken = [
-        t
-        for t in trials
-        if t.state == TrialState.RUNNING or (t.state.is_finished() and not t.user_attrs.get("interrupted"))
-    ]
+    taken = [t for t in trials if t.state == TrialState.RUNNING or _ended(t)]
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     if spec["search"]:
-        return max(0, spec["trials"] - len(taken))
+        return max(0, planned_trials(spec) - len(taken))
     return max(0, planned_trials(spec) - len({_key(t.params) for t in taken})) + waiting
+
+
+def _ended(trial) -> bool:
+    """Finished for good: an interrupted trial is run again, so it has not ended."""
+    return trial.state.is_finished() and not trial.user_attrs.get("interrupted")
 
 
 def planned_trials(spec: dict) -> int:
@@ -384,7 +385,7 @@ def progress_line(study, trial, spec: dict) -> str:
 
     setting = ", ".join(f"{_shown(k)}={v}" for k, v in trial.params.items()) or "the base config"
     outcome = f"{spec['metric']} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else _reason(trial)
-    ended = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False))
+    ended = sum(_ended(t) for t in study.get_trials(deepcopy=False))
     seconds = trial.user_attrs.get("seconds")
     return (
         f"aelight sweep: trial {trial.number} {STATUS[trial.state.name]} ({setting}): {outcome}"
@@ -630,18 +631,19 @@ def check_same_trials(study, spec: dict, extra: list[str], out: str) -> None:
     points again): the same spec and trial options, the data folder aside (each machine has its
     own). A search may be given more ``trials``."""
     settings = {k: v for k, v in spec.items() if k not in ("description", "devices", "workers_per_device", "trials")}
-    mine = {"spec": settings, "options": _trial_options(extra)}
+    mine = json.loads(json.dumps({"spec": settings, "options": _trial_options(extra)}))  # as the storage keeps it
     recorded = study.user_attrs.get("trials_run_as")
     if recorded is None:
-        study.set_user_attr("trials_run_as", json.loads(json.dumps(mine)))
+        study.set_user_attr("trials_run_as", mine)
         return
-    if recorded == json.loads(json.dumps(mine)):
+    if recorded == mine:
         return
     if recorded["options"] != mine["options"]:
         was, now = " ".join(recorded["options"]) or "no options", " ".join(mine["options"]) or "no options"
         what = f"its trials were run with {was}, this command gives {now}"
     else:
-        changed = sorted(k for k in set(settings) | set(recorded["spec"]) if settings.get(k) != recorded["spec"].get(k))
+        was, now = recorded["spec"], mine["spec"]
+        changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
         what = f"its spec has changed since it started ({', '.join(changed)})"
     raise ConfigError(
         f"sweep {out} (study {study.study_name}): {what}; run it as it started, or give another --out "
