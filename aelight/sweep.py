@@ -20,6 +20,7 @@ command again runs what is missing (interrupted trials included) and no finished
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -33,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import optuna
 import yaml
+from optuna.trial import TrialState
 
 from aelight import safe_files
 from aelight.errors import AelightError, ConfigError
@@ -42,6 +45,7 @@ COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "link", "trials", "seeds", "metric", "direction", "report",
              "options", "prune", "description", "devices", "workers_per_device"}  # fmt: skip
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
+SPARE = "spare"  # user attribute of a trial a worker asked for when the spec's were all taken: not run
 # metrics (the name after the stage) that are better higher; any other is better lower
 HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", "ssim", "elbo", "denoise_psnr",
                     "denoise_ssim"}  # fmt: skip
@@ -51,6 +55,15 @@ PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 # Lines of jsonargparse's explanation that say how it searched, not what is wrong
 PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
                 "Expected a <class 'NoneType'>", "Given value type:", "Given value:")  # fmt: skip
+
+
+class SweepGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its stop after each trial: that stop ends a worker once every grid
+    point has been visited, though the points of interrupted trials are queued to run again. Workers
+    stop when the spec's trials are all taken (``left_to_start``) instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 class TrialFailed(Exception):
@@ -188,8 +201,6 @@ def run_one(cmd: list[str], env: dict, log: Path) -> None:
     from aelight.cli import PRUNED_EXIT
 
     if code == PRUNED_EXIT:
-        import optuna
-
         raise optuna.TrialPruned()
     if code:
         reason = failure_reason(log.read_text(errors="replace"), code)
@@ -217,9 +228,9 @@ def failure_reason(output: str, code: int) -> str:
     return (errors or lines or [f"exit code {code}"])[-1]
 
 
-def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage: str) -> float:
-    import optuna
-
+def objective(trial, spec: dict, run) -> float:
+    """Draws a trial's setting (and seed, for a grid) and hands it to ``run(trial, params, seeds)``,
+    unless another trial has that setting (``taken_by_another``)."""
     params = {key: trial.suggest_categorical(key, [_encode(v) for v in values]) for key, values in spec["grid"].items()}
     for key, space in spec["search"].items():
         if "choices" in space:
@@ -232,6 +243,14 @@ def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage
             )
     # A grid spreads its seeds over trials; a search tries each setting with every seed.
     seeds = [trial.suggest_categorical("seed", spec["seeds"])] if not spec["search"] else spec["seeds"]
+    if taken_by_another(trial, spec):
+        trial.set_user_attr(SPARE, True)
+        raise TrialFailed("not run: another trial runs or ran this setting and seed")
+    return run(trial, params, seeds)
+
+
+def run_trial(trial, params: dict, seeds: list, spec: dict, out: Path, extra: list[str], env: dict, storage: str):
+    """One trial as ordinary aelight runs under ``<out>/runs/trial_<n>/``: the mean of its metric over seeds."""
     run_root = out / "runs" / f"trial_{trial.number}"
     run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
     trial.set_user_attr("run", str(run_root))
@@ -269,8 +288,6 @@ def objective(trial, spec: dict, out: Path, extra: list[str], env: dict, storage
 
 # --- the study ---------------------------------------------------------------------------------------
 def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: int = 0):
-    import optuna
-
     # Optuna would log each failed or interrupted trial with a traceback; results.md says why in one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if spec["search"]:
@@ -278,7 +295,7 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
         pruner = search_pruner() if spec.get("prune") else optuna.pruners.NopPruner()
     else:
         space = {key: [_encode(v) for v in values] for key, values in spec["grid"].items()}
-        sampler, pruner = optuna.samplers.GridSampler({**space, "seed": spec["seeds"]}, seed=0), None
+        sampler, pruner = SweepGridSampler({**space, "seed": spec["seeds"]}, seed=0), None
     if create:
         return optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=spec["direction"],
@@ -289,8 +306,6 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
 
 def open_storage(url: str):
     """Optuna's storage at ``url``; one clear error when it cannot be opened."""
-    import optuna
-
     try:
         return optuna.storages.get_storage(url)
     except Exception as err:  # SQLAlchemy's and the database drivers' errors have no common base
@@ -305,8 +320,6 @@ def search_pruner():
     """The pruner of a search with ``prune: true``: a trial stops when, from its third epoch on, its
     ``PRUNING_MONITOR`` is worse than the median of earlier trials at the same epoch (after 5
     trials). The sweep's workers and each trial's run (``aelight.sweep_pruning``) both use it."""
-    import optuna
-
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
 
 
@@ -314,9 +327,6 @@ def requeue_interrupted(study, storage_url: str) -> int:
     """Trials a killed or stopped sweep left behind are run again: RUNNING ones whose worker on this
     machine is gone become failed ("interrupted"), and each interrupted setting with no other trial
     finishing or running it is queued once more. Returns how many were queued."""
-    import optuna
-    from optuna.trial import TrialState
-
     host = socket.gethostname()
     storage = optuna.storages.get_storage(storage_url)
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -327,7 +337,7 @@ def requeue_interrupted(study, storage_url: str) -> int:
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_user_attr(trial_id, "reason", "interrupted")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    trials = study.get_trials(deepcopy=False)
+    trials = _counted(study)
     pending = {_key(t.params) for t in trials if not t.user_attrs.get("interrupted")}
     pending |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
     queued = 0
@@ -356,14 +366,43 @@ def _alive(pid: int) -> bool:
 def left_to_start(study, spec: dict) -> int:
     """How many of the spec's trials no worker has started yet: ended ones (interrupted ones do not
     count) and running ones are taken; queued (WAITING) ones are left."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    taken = [t for t in trials if t.state == TrialState.RUNNING or _ended(t)]
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    taken = [t for t in _counted(study) if t.state == TrialState.RUNNING or _ended(t)]
     if spec["search"]:
         return max(0, planned_trials(spec) - len(taken))
-    return max(0, planned_trials(spec) - len({_key(t.params) for t in taken})) + waiting
+    # a trial that has not yet drawn all its grid values is not counted: at worst a worker asks for
+    # one trial too many, which taken_by_another then leaves unrun
+    points = {_key(t.params) for t in taken if _has_point(t, spec)}
+    return max(0, planned_trials(spec) - len(points))
+
+
+def taken_by_another(trial, spec: dict) -> bool:
+    """Whether a trial just drawn is one the spec does not need: Optuna's grid sampler hands out a
+    running point again when every point has started (more workers than trials left, or several
+    machines), and two workers asking at once may draw the same point; a search may be asked for
+    more trials than its ``trials`` near its end. Of two trials of one point the earlier runs it."""
+    waited_until = time.time() + 10
+    while True:
+        others = [t for t in _counted(trial.study) if t.number != trial.number]
+        earlier = [t for t in others if t.number < trial.number and (t.state == TrialState.RUNNING or _ended(t))]
+        if spec["search"]:
+            return len(earlier) >= spec["trials"]
+        mine = _key(trial.params)
+        if any(_key(t.params) == mine for t in [*earlier, *filter(_ended, others)] if _has_point(t, spec)):
+            return True
+        # an earlier trial still drawing its values (milliseconds; one whose worker died is left after 10 s)
+        if all(_has_point(t, spec) for t in earlier if t.state == TrialState.RUNNING) or time.time() > waited_until:
+            return False
+        time.sleep(0.2)
+
+
+def _counted(study) -> list:
+    """The study's trials less spare ones (drawn, found not needed, not run)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SPARE)]
+
+
+def _has_point(trial, spec: dict) -> bool:
+    """Whether a grid trial has drawn every grid value and its seed."""
+    return set(trial.params) >= {*spec["grid"], "seed"}
 
 
 def _ended(trial) -> bool:
@@ -381,11 +420,9 @@ def planned_trials(spec: dict) -> int:
 def progress_line(study, trial, spec: dict) -> str:
     """One line when a trial ends: its status, setting and seed, metric or reason, seconds, and how
     many of the spec's trials have ended."""
-    from optuna.trial import TrialState
-
     setting = ", ".join(f"{_shown(k)}={v}" for k, v in trial.params.items()) or "the base config"
     outcome = f"{spec['metric']} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else _reason(trial)
-    ended = sum(_ended(t) for t in study.get_trials(deepcopy=False))
+    ended = sum(_ended(t) for t in _counted(study))
     seconds = trial.user_attrs.get("seconds")
     return (
         f"aelight sweep: trial {trial.number} {STATUS[trial.state.name]} ({setting}): {outcome}"
@@ -397,30 +434,36 @@ def worker(args: argparse.Namespace, extra: list[str]) -> None:
     """One worker process: trials from the study until the spec's are all taken."""
     spec = load_spec(args.spec)
     study = open_study(spec, args.study_name, args.storage, create=False, worker_index=args.worker_index)
-    env = dict(os.environ)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    run = functools.partial(
+        run_trial, spec=spec, out=Path(args.out), extra=extra, env=dict(os.environ), storage=args.storage
+    )
+    try:
+        run_trials(study, spec, run)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_trials(study, spec: dict, run) -> None:
+    """Takes trials from the study, each run by ``run(trial, params, seeds)``, until the spec's are all taken."""
 
     def stop_when_all_started(study, trial) -> None:
+        if trial.user_attrs.get(SPARE):  # nothing was left for this worker to start
+            return study.stop()
         print(progress_line(study, trial, spec), file=sys.stderr, flush=True)
         if not left_to_start(study, spec):
             study.stop()
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    if not left_to_start(study, spec):
-        return
-    try:
+    if left_to_start(study, spec):
         study.optimize(
-            lambda trial: objective(trial, spec, Path(args.out), extra, env, args.storage),
-            callbacks=[stop_when_all_started],
-            catch=(TrialFailed,),
+            lambda trial: objective(trial, spec, run), callbacks=[stop_when_all_started], catch=(TrialFailed,)
         )
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 # --- results -----------------------------------------------------------------------------------------
 def result_rows(study, spec: dict) -> list[dict]:
     rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(_counted(study), key=lambda t: t.number):
         per_seed = t.user_attrs.get("metrics") or {}
         seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
         for seed in seeds:
@@ -599,22 +642,23 @@ def main(argv: Optional[list] = None) -> None:
     if requeued:
         print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
     where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
-    print(
-        f"aelight sweep: {left_to_start(study, spec)} of {planned_trials(spec)} trials to run, "
-        f"{len(gpus) * args.workers_per_device} worker(s) on {where}; runs under {out / 'runs'}",
-        file=sys.stderr,
-        flush=True,
-    )
+    left = left_to_start(study, spec)
+    # no more workers than trials to start (each extra one would only find nothing to do), spread over the devices
+    places = [gpus[i % len(gpus)] for i in range(min(left, len(gpus) * args.workers_per_device))]
+    if left:
+        doing = f"{left} of {planned_trials(spec)} trials to run, {len(places)} worker(s) on {where}"
+    else:
+        doing = f"nothing left to start: each of the spec's {planned_trials(spec)} trials has run or is running"
+    print(f"aelight sweep: {doing}; runs under {out / 'runs'}", file=sys.stderr, flush=True)
     workers = []
-    threads = max(1, (os.cpu_count() or 1) // (len(gpus) * args.workers_per_device))
+    threads = max(1, (os.cpu_count() or 1) // max(1, len(places)))
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
             f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
     try:
-        for gpu in gpus:
-            for _ in range(args.workers_per_device):
-                env, accelerator = worker_placement(gpu, threads)
-                index = [f"--worker_index={len(workers)}"]
-                workers.append(subprocess.Popen([*base, *index, *accelerator, *extra], env=dict(os.environ) | env))
+        for index, gpu in enumerate(places):
+            env, accelerator = worker_placement(gpu, threads)
+            command = [*base, f"--worker_index={index}", *accelerator, *extra]
+            workers.append(subprocess.Popen(command, env=dict(os.environ) | env))
         for w in workers:
             w.wait()
     except KeyboardInterrupt:  # the workers are stopped below, before the results are written

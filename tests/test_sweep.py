@@ -84,7 +84,8 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     time.sleep(2)
     os.killpg(first.pid, signal.SIGKILL)  # the sweep, its worker and the trial's run, at once
     first.wait()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = sweep_cmd(spec, out, tiny_data, workers=4)  # more workers than trials left
+    proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = rows(out)
     complete = [(r["data.batch_size"], r["seed"]) for r in table if r["status"] == "complete"]
@@ -92,6 +93,55 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     interrupted = [r for r in table if r["status"] != "complete"]
     assert interrupted and all(r["reason"] == "interrupted" for r in interrupted)
     assert "interrupted trial(s) again" in proc.stderr
+    assert "3 of 4 trials to run, 3 worker(s) on the CPU" in proc.stderr  # one finished before the kill
+
+
+GRID = {"search": {}, "grid": {"data.batch_size": [16, 32]}, "seeds": [0], "metric": "val/mse",
+        "direction": "minimize", "report": ["val/mse"]}  # fmt: skip
+
+
+def test_a_grid_point_drawn_twice_is_run_once_and_the_spare_trial_is_left_out(tmp_path):
+    spec = GRID | {"grid": {"data.batch_size": [16]}}
+    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    ran = []
+
+    def run(trial, params, seeds):
+        ran.append(trial.number)
+        return 0.02
+
+    first = study.ask()
+    sweep.objective(first, spec, run)  # runs; its worker has not yet told the study
+    again = study.ask()  # a worker more than points left: Optuna's grid sampler hands out the running point
+    assert again.params == {} and sweep.left_to_start(study, spec) == 0
+    with pytest.raises(sweep.TrialFailed):
+        sweep.objective(again, spec, run)
+    assert ran == [first.number] and again.params == first.params
+    study.tell(first, 0.02)
+    study.tell(again, state=sweep.TrialState.FAIL)
+    with pytest.raises(sweep.TrialFailed):  # a finished point is not run again either
+        sweep.objective(study.ask(), spec, run)
+    assert ran == [first.number]
+    assert [r["trial"] for r in sweep.result_rows(study, spec)] == [first.number]
+    assert sweep.progress_line(study, study.trials[0], spec).endswith("[1 of 1 ended]")
+
+
+def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = sweep.open_study(GRID, "s", url, create=True)
+
+    def interrupted(trial, params, seeds):  # as run_trial records a run stopped by Ctrl-C
+        trial.set_user_attr("interrupted", True)
+        raise KeyboardInterrupt
+
+    for _ in range(2):  # both points were running when the sweep was stopped
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_trials(study, GRID, interrupted)
+    assert sweep.requeue_interrupted(study, url) == 2
+    assert sweep.left_to_start(study, GRID) == 2  # the two queued trials, counted once
+    ran = []
+    sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
+    assert sorted(ran) == [16, 32]  # Optuna's grid sampler alone stops after the first: every point was visited
+    assert sweep.left_to_start(study, GRID) == 0
 
 
 def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeypatch):
