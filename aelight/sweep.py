@@ -420,7 +420,7 @@ def planned_trials(spec: dict) -> int:
 def progress_line(study, trial, spec: dict) -> str:
     """One line when a trial ends: its status, setting and seed, metric or reason, seconds, and how
     many of the spec's trials have ended."""
-    setting = ", ".join(f"{_shown(k)}={v}" for k, v in trial.params.items()) or "the base config"
+    setting = _setting(trial.params, set(), shown=True) or "the base config"
     outcome = f"{spec['metric']} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else _reason(trial)
     ended = sum(_ended(t) for t in _counted(study))
     seconds = trial.user_attrs.get("seconds")
@@ -510,9 +510,11 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
     if options:
         lines += [f"Every trial also had {' '.join(options)}.", ""]
     lines += ["| setting | seeds | " + " | ".join(spec["report"]) + " |", "|---" * (len(spec["report"]) + 2) + "|"]
-    for key, group in ranked:
+    for _, group in ranked:
         cells = [_mean_std([r[m] for r in group if r[m] is not None]) for m in spec["report"]]
-        lines.append(f"| {key or '(base)'} | {len(group)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {_setting(group[0], fixed, shown=True) or '(base)'} | {len(group)} | " + " | ".join(cells) + " |"
+        )
     if spec.get("command") == "anomaly" and len(ranked) > 1:  # the one-class protocol's figure: the mean over digits
         means = [statistics.fmean(r[spec["metric"]] for r in group) for _, group in ranked]
         lines += ["", f"Mean {spec['metric']} over the {len(means)} settings: {statistics.fmean(means):.4f}"]
@@ -533,8 +535,14 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
     return "\n".join(lines) + "\n"
 
 
-def _setting(row: dict, fixed: set) -> str:
-    return ", ".join(f"{_shown(k)}={v}" for k, v in row.items() if k not in fixed)
+def _setting(row: dict, fixed: set, shown: bool = False) -> str:
+    """A row's options and values; ``shown``: as tables show them, a search's floats to 4 digits
+    (results.csv keeps every digit)."""
+    if not shown:
+        return ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
+    return ", ".join(
+        f"{_shown(k)}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in row.items() if k not in fixed
+    )
 
 
 def _shown(key: str) -> str:

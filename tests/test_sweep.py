@@ -247,6 +247,10 @@ def test_results_tables_average_seeds_and_rank_settings():
     assert "Mean auroc over the 2 settings: 0.8500" in sweep.results_markdown(digits, one_class, "t")
     nested = [{"trial": 0, "status": "complete", "seed": 0, f"{CODE_SIZE}": 8, "test/mse": 0.3}]
     assert "| model.encoder.out_features=8 | 1 | 0.3000 |" in sweep.results_markdown(nested, spec, "t")
+    searched = [{"trial": n, "status": "complete", "seed": 0, "lr": lr, "test/mse": 0.1 + n}
+                for n, lr in enumerate((0.0027583475549166764, 0.0027583475549166999))]  # fmt: skip
+    shown = [line for line in sweep.results_markdown(searched, spec, "t").splitlines() if line.startswith("| lr=")]
+    assert shown == ["| lr=0.002758 | 1 | 0.1000 |", "| lr=0.002758 | 1 | 1.1000 |"]  # 4 digits, two settings
     # an interrupted trial run again to completion is not listed as missing; one not yet run again is
     table += [
         {"trial": 4, "status": "failed", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
