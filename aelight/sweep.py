@@ -13,9 +13,10 @@ under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per
 settings, seed, metrics, status, seconds, reason, run folder) and ``results.md`` (mean ± std over
 seeds per setting), and prints the latter.
 
-A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line
-reason and the others go on; Ctrl-C or SIGTERM stops the workers and their runs; running the same
-command again runs what is missing (interrupted trials included) and no finished trial twice.
+A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line reason
+and the others go on (a sweep none of whose trials completed exits with 1); Ctrl-C or SIGTERM stops
+the workers and their runs; running the same command again runs what is missing (interrupted trials
+included) and no finished trial twice.
 """
 
 import argparse
@@ -509,7 +510,10 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
     lines = [f"# {title}", "", f"{spec['metric']} ({spec['direction']}), mean ± std over seeds.", ""]
     if options:
         lines += [f"Every trial also had {' '.join(options)}.", ""]
-    lines += ["| setting | seeds | " + " | ".join(spec["report"]) + " |", "|---" * (len(spec["report"]) + 2) + "|"]
+    if ranked:
+        lines += ["| setting | seeds | " + " | ".join(spec["report"]) + " |", "|---" * (len(spec["report"]) + 2) + "|"]
+    else:
+        lines += ["No trial has completed."]
     for _, group in ranked:
         cells = [_mean_std([r[m] for r in group if r[m] is not None]) for m in spec["report"]]
         lines.append(
@@ -675,6 +679,9 @@ def main(argv: Optional[list] = None) -> None:
     finally:
         _stop(workers)
         write_results(study, spec, out, args.study_name)
+    states = {t.state for t in _counted(study)}
+    if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
+        raise AelightError(f"no trial of the sweep completed; {out / 'results.md'} lists why each failed")
 
 
 def check_same_trials(study, spec: dict, extra: list[str], out: str) -> None:

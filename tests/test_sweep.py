@@ -71,6 +71,14 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_
     assert "failed (data.batch_size=0, seed=0): aelight fit exited with 1: data.batch_size must be" in proc.stderr
 
 
+def test_a_sweep_whose_every_trial_failed_says_so_and_exits_non_zero(tiny_data, tmp_path):
+    spec, out = write_spec(tmp_path, {"data.batch_size": [0]}, seeds=[0]), tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, 1), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"aelight: error: no trial of the sweep completed; {out / 'results.md'} lists why" in proc.stderr
+    assert "No trial has completed." in (out / "results.md").read_text() and rows(out)[0]["status"] == "failed"
+
+
 def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data, tmp_path):
     spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
     cmd = sweep_cmd(spec, out, tiny_data, workers=1)
