@@ -30,7 +30,7 @@ from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
 from aelight.loggers import TensorBoardRun
 from aelight.models import AE
-from aelight.runtime import skip_repeated_gpu_probe
+from aelight.runtime import PARENT_ENV, skip_repeated_gpu_probe, stop_with_parent
 
 CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
@@ -385,6 +385,8 @@ def main(args: Optional[list] = None) -> None:
     from aelight.apps import APPLICATIONS, run_application
 
     skip_repeated_gpu_probe()  # a setting of the whole process, made where the process starts
+    if os.environ.get(PARENT_ENV):  # a worker or run of aelight sweep stops with the sweep
+        stop_with_parent(int(os.environ[PARENT_ENV]))
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in APPLICATIONS:
         run_application(argv[0], argv[1:])

@@ -2,8 +2,12 @@
 command makes them when it starts (from Python, call them before training)."""
 
 import os
+import signal
+import sys
 
 import torch
+
+PARENT_ENV = "AELIGHT_SWEEP_PARENT"  # pid of the aelight sweep process that started this one
 
 
 def skip_repeated_gpu_probe() -> None:
@@ -17,3 +21,18 @@ def skip_repeated_gpu_probe() -> None:
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGTERM when ``parent_pid``, the sweep process that started it, dies,
+    even killed outright (SIGKILL, the out-of-memory killer), so no worker or run of a dead sweep
+    goes on unseen; the sweep's SIGTERM handling then records its trial as interrupted."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)

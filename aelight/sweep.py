@@ -15,8 +15,8 @@ seeds per setting), and prints the latter.
 
 A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line reason
 and the others go on (a sweep none of whose trials completed exits with 1); Ctrl-C or SIGTERM stops
-the workers and their runs; running the same command again runs what is missing (interrupted trials
-included) and no finished trial twice.
+the workers and their runs (on Linux they stop too when the sweep is killed outright); running the
+same command again runs what is missing (interrupted trials included) and no finished trial twice.
 """
 
 import argparse
@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 
 from aelight import safe_files
 from aelight.errors import AelightError, ConfigError
+from aelight.runtime import PARENT_ENV
 
 COMMANDS = ("fit", "anomaly")
 SPEC_KEYS = {"command", "config", "grid", "search", "link", "trials", "seeds", "metric", "direction", "report",
@@ -186,6 +187,7 @@ def run_one(cmd: list[str], env: dict, log: Path) -> None:
     """Runs ``aelight <cmd>``; its output goes to ``log``. A non-zero exit raises TrialFailed
     (or optuna.TrialPruned) with the run's own one-line reason."""
     with open(log, "a") as out:
+        env = env | {PARENT_ENV: str(os.getpid())}  # the run stops should this worker be killed
         proc = subprocess.Popen([sys.executable, "-m", "aelight", *cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             code = proc.wait()
@@ -670,6 +672,7 @@ def main(argv: Optional[list] = None) -> None:
         for index, gpu in enumerate(places):
             env, accelerator = worker_placement(gpu, threads)
             command = [*base, f"--worker_index={index}", *accelerator, *extra]
+            env |= {PARENT_ENV: str(os.getpid())}  # each worker stops should this process be killed
             workers.append(subprocess.Popen(command, env=dict(os.environ) | env))
         for w in workers:
             w.wait()

@@ -353,3 +353,36 @@ def test_each_worker_is_pinned_to_its_gpu_or_to_none_with_its_share_of_the_cores
     env, options = sweep.worker_placement(None, threads=1)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
     assert options == ["--trainer.accelerator=cpu"]
+
+
+CHILD = """
+import os, signal, sys, time
+from aelight.runtime import PARENT_ENV, stop_with_parent
+signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("stopped"), sys.exit(143)))
+stop_with_parent(int(os.environ[PARENT_ENV]))
+print("ready", flush=True)
+time.sleep(60)
+"""
+PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env={**os.environ, "%s": str(os.getpid())})
+time.sleep(60)
+"""
+
+
+def test_a_worker_or_run_stops_when_its_sweep_is_killed_outright(tmp_path):
+    # the sweep's workers and runs ask for SIGTERM on their parent's death: SIGKILL and the
+    # out-of-memory killer give the parent no chance to stop them
+    from aelight.runtime import PARENT_ENV
+
+    stopped = tmp_path / "stopped"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT % PARENT_ENV, CHILD, str(stopped)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout.readline() == "ready\n"  # the child's, through the inherited pipe
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while not stopped.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert stopped.read_text() == "stopped"
