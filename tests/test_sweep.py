@@ -386,3 +386,30 @@ def test_a_worker_or_run_stops_when_its_sweep_is_killed_outright(tmp_path):
     while not stopped.exists() and time.time() < deadline:
         time.sleep(0.1)
     assert stopped.read_text() == "stopped"
+
+
+def _take_trials(url: str, spec: dict, worker_index: int) -> None:
+    study = sweep.open_study(spec, "s", url, create=False, worker_index=worker_index)
+    sweep.run_trials(study, spec, lambda trial, params, seeds: time.sleep(0.02 * (trial.number % 3)) or 1.0)
+
+
+@pytest.mark.parametrize("space", ["grid", "search"])
+def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, space):
+    import multiprocessing
+
+    spec = GRID | ({"grid": {"data.batch_size": list(range(1, 16))}, "seeds": [0, 1]} if space == "grid" else
+                   {"grid": {}, "search": {"model.init_args.lr": {"low": 0.1, "high": 1.0}}, "trials": 30})  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep.open_study(spec, "s", url, create=True)
+    workers = [multiprocessing.get_context("fork").Process(target=_take_trials, args=(url, spec, i)) for i in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0] * 8
+    study = sweep.open_study(spec, "s", url, create=False)
+    complete = [t for t in study.trials if t.state == sweep.TrialState.COMPLETE]
+    assert len(complete) == 30 and sweep.left_to_start(study, spec) == 0
+    if space == "grid":  # each point and seed once, though Optuna's grid sampler hands out running points again
+        assert len({sweep._key(t.params) for t in complete}) == 30
+    assert len(sweep.result_rows(study, spec)) == 30  # spare trials (drawn, not run) are not results
