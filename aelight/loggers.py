@@ -12,7 +12,8 @@
   model class, code size, hidden sizes, optimizer and learning rate, batch size, data set, epochs,
   seed and the variant's own arguments, such as ``beta`` or ``noise_level``) and the metrics
   ``METRICS``: final and best (at the lowest ``val/loss``) validation loss, MSE and PSNR, and the
-  test metrics once ``aelight test`` has run on the run's checkpoint. Every run lists the same
+  test metrics once ``aelight test`` has run on the run's checkpoint (a one-class run of
+  ``aelight anomaly``: its AUROC and F1). Every run lists the same
   columns (those of every aelight model, and its own), so TensorBoard's table holds them all
   whichever run it reads them from.
 
@@ -40,6 +41,8 @@ METRICS = (  # in the order of HParams' metric columns: test results first, to s
     "test/ssim",
     "test/loss",
     "test/elbo",
+    "anomaly/auroc",  # a one-class run of aelight anomaly (its digit's AUROC and F1 on the test set)
+    "anomaly/f1",
     *(f"val/{m}" for m in VAL_METRICS),
     *(f"val/{m}_best" for m in VAL_METRICS),
 )

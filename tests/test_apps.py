@@ -133,6 +133,13 @@ def test_anomaly_command(tiny_data, tmp_path):
     assert set(report["digits"]) == {"0", "3"} and report["score"] == "reconstruction MSE"
     assert 0 <= report["mean_auroc"] <= 1
     assert (out / "score_histograms.png").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for digit in ("0", "3"):  # each digit's run holds its results, for TensorBoard's HParams
+        events = EventAccumulator(str(tmp_path / "logs" / f"anomaly_digit{digit}" / "version_0"))
+        events.Reload()
+        assert events.Scalars("anomaly/auroc")[-1].value == pytest.approx(report["digits"][digit]["auroc"])
+        assert events.Scalars("anomaly/f1")[-1].value == pytest.approx(report["digits"][digit]["f1"])
 
 
 def test_generate_command(trained, tiny_data, tmp_path):

@@ -36,7 +36,16 @@ def train_one_class(args, digit: int):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     best = cli.trainer.checkpoint_callback.best_model_path
-    return common.load_model(best, args.device), cli.datamodule, best, seconds
+    return common.load_model(best, args.device), cli.datamodule, best, seconds, cli.trainer
+
+
+def log_to_run(trainer, result: dict) -> None:
+    """The digit's results into its own run, beside what fit logged, so TensorBoard's HParams
+    compares the digits (and the trials of a one-class sweep) by them."""
+    if trainer.logger is not None and trainer.is_global_zero:
+        metrics = {f"anomaly/{k}": result[k] for k in ("auroc", "f1", "precision", "recall")}
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.logger.finalize("success")
 
 
 def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -83,9 +92,10 @@ def run(args) -> dict:
     }
     histograms = {}
     for digit in args.digits:
-        model, dm, best, seconds = train_one_class(args, digit)
+        model, dm, best, seconds, trainer = train_one_class(args, digit)
         report["score"] = "-ELBO (nats)" if hasattr(model, "sample") else "reconstruction MSE"
         result, scores, anomalous = evaluate_digit(model, dm, digit, args.device, args.percentile)
+        log_to_run(trainer, result)
         report["digits"][str(digit)] = {**result, "checkpoint": best, "train_seconds": seconds}
         histograms[digit] = (scores, anomalous, result["threshold"])
         print(f"digit {digit}: AUROC {result['auroc']:.4f}", flush=True)
