@@ -751,7 +751,8 @@ def write_results(study, spec: dict, out: Path, title: str) -> None:
     safe_files.write_text(out / "results.csv", results_csv(rows), what="results")
     markdown = results_markdown(rows, spec, title, study.user_attrs.get("trials_run_as", {}).get("options"))
     safe_files.write_text(out / "results.md", markdown, what="results")
-    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md")
+    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md; the runs side by side (HParams): "
+          f"tensorboard --logdir {out}/runs")  # fmt: skip
 
 
 _terminated = False

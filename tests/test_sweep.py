@@ -55,6 +55,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, t
     markdown = (out / "results.md").read_text()
     assert "data.batch_size=16 | 2 |" in markdown and "data.batch_size=32 | 2 |" in markdown
     assert "| setting | seeds | val/mse | val/psnr |" in proc.stdout  # printed at the end
+    assert f"tensorboard --logdir {out}/runs" in proc.stdout  # where the trials compare in HParams
     assert "4 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # what it will do, then each trial's end
     assert proc.stderr.count(" complete (data.batch_size=") == 4 and "[4 of 4 ended]" in proc.stderr
 
