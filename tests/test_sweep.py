@@ -74,8 +74,9 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_
 
 def test_a_sweep_whose_every_trial_failed_says_so_and_exits_non_zero(tiny_data, tmp_path):
     spec, out = write_spec(tmp_path, {"data.batch_size": [0]}, seeds=[0]), tmp_path / "sweep"
-    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, 1), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, 3), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "1 of 1 trials to run, 1 worker(s) on the CPU" in proc.stderr  # no more workers than trials
     assert f"aelight: error: no trial of the sweep completed; {out / 'results.md'} lists why" in proc.stderr
     assert "No trial has completed." in (out / "results.md").read_text() and rows(out)[0]["status"] == "failed"
 
