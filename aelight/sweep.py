@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -283,6 +284,12 @@ def run_trial(trial, params: dict, seeds: list, spec: dict, out: Path, extra: li
     except optuna.TrialPruned:
         trial.set_user_attr("reason", "pruned")
         raise
+    except Exception as err:  # unforeseen (a run's results unreadable...): this trial fails, the sweep goes on
+        with open(run_root / "output.log", "a") as log:
+            traceback.print_exc(file=log)
+        reason = f"{type(err).__name__}: {err} (its traceback is in {run_root / 'output.log'})"
+        trial.set_user_attr("reason", reason[:500])
+        raise TrialFailed(reason) from err
     finally:
         trial.set_user_attr("seconds", round(time.time() - start, 2))
         trial.set_user_attr("metrics", per_seed)

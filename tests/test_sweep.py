@@ -3,6 +3,7 @@ per trial, a failing trial is recorded with its reason while the others finish, 
 a kill finishes the rest without repeating a finished trial, and no two trials share a folder."""
 
 import csv
+import functools
 import json
 import os
 import signal
@@ -415,3 +416,20 @@ def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, s
     if space == "grid":  # each point and seed once, though Optuna's grid sampler hands out running points again
         assert len({sweep._key(t.params) for t in complete}) == 30
     assert len(sweep.result_rows(study, spec)) == 30  # spare trials (drawn, not run) are not results
+
+
+def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the_worker_goes_on(tmp_path, monkeypatch):
+    def unreadable(spec, run_root, seed):
+        raise ValueError(f"no results for seed {seed}")
+
+    monkeypatch.setattr(sweep, "run_one", lambda cmd, env, log: None)  # the runs "ran"
+    monkeypatch.setattr(sweep, "run_metrics", unreadable)
+    spec = GRID | {"config": ["configs/ae.yaml"], "command": "fit", "link": {}, "options": []}
+    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    run = functools.partial(sweep.run_trial, spec=spec, out=tmp_path, extra=[], env={}, storage="s")
+    sweep.run_trials(study, spec, run)  # both trials, though each one's results cannot be read
+    assert [t.state for t in study.trials] == [sweep.TrialState.FAIL] * 2
+    reason = study.trials[0].user_attrs["reason"]
+    assert reason.startswith("ValueError: no results for seed 0 (its traceback is in ")
+    assert reason.endswith("trial_0/output.log)")
+    assert "Traceback" in (tmp_path / "runs" / "trial_0" / "output.log").read_text()
