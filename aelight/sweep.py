@@ -3,15 +3,15 @@
     aelight sweep configs/sweeps/variants.yaml --data.data_dir data/ [--devices 0,1] [--workers_per_device 2]
 
 The spec names what varies (a grid and/or a search space over any ``aelight fit`` option, config
-files included), the random seeds, the metric to optimise or report and the number of trials. The study
-lives in an Optuna storage (by default ``<out>/study.db``; ``--storage URL`` takes any database
-Optuna supports, so several machines join one sweep by running the same command). The command
-starts N worker processes per device; each takes trials from the study with Optuna's own samplers
-(grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs each as
-an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint) or ``aelight anomaly``,
-under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial and seed: its
-settings, seed, metrics, status, seconds, reason, run folder) and ``results.md`` (mean ± std over
-seeds per setting), and prints the latter.
+files included), the random seeds, the metric to optimise or report and the number of trials. The
+study lives in an Optuna storage (by default ``<out>/study.db``; ``--storage URL`` takes any
+database Optuna supports, so several machines join one sweep by running the same command). The
+command starts N worker processes per device; each takes trials from the study with Optuna's own
+samplers (grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs
+each as an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint) or ``aelight
+anomaly``, under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial
+and seed: its settings, seed, metrics, status, seconds, reason, host and device, run folder) and
+``results.md`` (mean ± std over seeds per setting), and prints the latter.
 
 A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line reason
 and the others go on (a sweep none of whose trials completed exits with 1); Ctrl-C or SIGTERM stops
@@ -259,6 +259,8 @@ def run_trial(trial, params: dict, seeds: list, spec: dict, out: Path, extra: li
     run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
     trial.set_user_attr("run", str(run_root))
     trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
+    gpu = env.get("CUDA_VISIBLE_DEVICES")  # the worker's pinning (worker_placement)
+    trial.set_user_attr("device", f"{socket.gethostname()} {f'gpu {gpu}' if gpu else 'cpu'}")
     env = {**env, "AELIGHT_SWEEP_TRIAL": json.dumps([storage, trial.study.study_name, trial.number])}
     start, values, per_seed = time.time(), [], {}
     try:
@@ -481,7 +483,8 @@ def result_rows(study, spec: dict) -> list[dict]:
             row = {"trial": t.number, "status": STATUS[t.state.name], "seed": seed}
             row |= {k: v for k, v in t.params.items() if k != "seed"}
             row |= {m: metrics.get(m) for m in spec["report"]}
-            row |= {"seconds": t.user_attrs.get("seconds"), "reason": _reason(t), "run": t.user_attrs.get("run", "")}
+            row |= {"seconds": t.user_attrs.get("seconds"), "reason": _reason(t)}
+            row |= {"device": t.user_attrs.get("device", ""), "run": t.user_attrs.get("run", "")}
             rows.append(row)
     return rows
 
@@ -509,7 +512,7 @@ def results_csv(rows: list[dict]) -> str:
 def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional[list] = None) -> str:
     """Mean ± std over seeds of each reported metric per setting, best first; failures below.
     ``options``: the trial options the sweep's command added to the spec, said under the title."""
-    fixed = {"trial", "status", "seed", "seconds", "reason", "run", *spec["report"]}
+    fixed = {"trial", "status", "seed", "seconds", "reason", "device", "run", *spec["report"]}
     settings: dict[str, list[dict]] = {}
     for row in rows:
         if row["status"] == "complete":

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, t
     assert {(r["data.batch_size"], r["seed"]) for r in table} == {("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")}
     assert all(0 < float(r["val/mse"]) < 1 and float(r["val/psnr"]) > 0 for r in table)
     assert len({r["run"] for r in table}) == 4  # two workers never share a run folder
+    assert {r["device"] for r in table} == {f"{socket.gethostname()} cpu"}  # where each trial ran
     for r in table:  # each an ordinary aelight run, visible in TensorBoard
         assert list(Path(r["run"]).glob("seed*/version_0/checkpoints/best.ckpt"))
     markdown = (out / "results.md").read_text()
