@@ -23,6 +23,7 @@ import argparse
 import csv
 import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -54,6 +55,7 @@ HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", 
                     "denoise_ssim"}  # fmt: skip
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
+DRAWING_S = 60  # a trial still drawing its setting after this long lost its worker (drawing takes milliseconds)
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 # Lines of jsonargparse's explanation that say how it searched, not what is wrong
 PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
@@ -235,6 +237,8 @@ def failure_reason(output: str, code: int) -> str:
 def objective(trial, spec: dict, run) -> float:
     """Draws a trial's setting (and seed, for a grid) and hands it to ``run(trial, params, seeds)``,
     unless another trial has that setting (``taken_by_another``)."""
+    # who runs it, recorded before it draws anything: see requeue_interrupted
+    trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
     params = {key: trial.suggest_categorical(key, [_encode(v) for v in values]) for key, values in spec["grid"].items()}
     for key, space in spec["search"].items():
         if "choices" in space:
@@ -258,7 +262,6 @@ def run_trial(trial, params: dict, seeds: list, spec: dict, out: Path, extra: li
     run_root = out / "runs" / f"trial_{trial.number}"
     run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
     trial.set_user_attr("run", str(run_root))
-    trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
     gpu = env.get("CUDA_VISIBLE_DEVICES")  # the worker's pinning (worker_placement)
     trial.set_user_attr("device", f"{socket.gethostname()} {f'gpu {gpu}' if gpu else 'cpu'}")
     env = {**env, "AELIGHT_SWEEP_TRIAL": json.dumps([storage, trial.study.study_name, trial.number])}
@@ -335,30 +338,43 @@ def search_pruner():
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
 
 
-def requeue_interrupted(study, storage_url: str) -> int:
-    """Trials a killed or stopped sweep left behind are run again: RUNNING ones whose worker on this
-    machine is gone become failed ("interrupted"), and each interrupted setting with no other trial
-    finishing or running it is queued once more. Returns how many were queued."""
+def requeue_interrupted(study, storage_url: str, spec: dict) -> int:
+    """What a killed or stopped sweep left behind is run again: RUNNING trials whose worker on this
+    machine is gone become failed ("interrupted"); one whose worker died before it drew its setting
+    (here or elsewhere) is set aside as spare. Then a continued grid queues each point and seed that
+    no trial has run or is running (Optuna's grid sampler counts an interrupted trial's point as
+    visited), and a search queues each interrupted setting again. Returns how many interrupted
+    trials were queued again."""
     host = socket.gethostname()
     storage = optuna.storages.get_storage(storage_url)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         where = t.user_attrs.get(RUNNING_HERE, "")
-        if where.startswith(f"{host}:") and not _alive(int(where.split(":")[1])):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        worker_gone = where.startswith(f"{host}:") and not _alive(int(where.split(":")[1]))
+        if worker_gone and _has_drawn(t, spec):
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_user_attr(trial_id, "reason", "interrupted")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        elif not _has_drawn(t, spec) and (worker_gone or not _drawing(t)):
+            storage.set_trial_user_attr(trial_id, SPARE, True)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
     trials = _counted(study)
-    pending = {_key(t.params) for t in trials if not t.user_attrs.get("interrupted")}
-    pending |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
-    queued = 0
-    for t in trials:
-        if t.user_attrs.get("interrupted") and t.params and _key(t.params) not in pending:
-            study.enqueue_trial(t.params)
-            pending.add(_key(t.params))
-            queued += 1
-    return queued
+    interrupted = [t.params for t in trials if t.user_attrs.get("interrupted") and t.params]
+    pending = {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    if spec["search"]:
+        pending |= {_key(t.params) for t in trials if not t.user_attrs.get("interrupted")}
+        missing = interrupted
+    else:
+        pending |= {_key(t.params) for t in trials if (t.state == TrialState.RUNNING or _ended(t))}
+        missing = planned_points(spec) if trials else []  # a new sweep's points come from the grid sampler
+    queued = set()
+    for params in missing:
+        if _key(params) not in pending:
+            study.enqueue_trial(params)
+            pending.add(_key(params))
+            queued.add(_key(params))
+    return len(queued & {_key(params) for params in interrupted})
 
 
 def _key(params: dict) -> str:
@@ -383,7 +399,7 @@ def left_to_start(study, spec: dict) -> int:
         return max(0, planned_trials(spec) - len(taken))
     # a trial that has not yet drawn all its grid values is not counted: at worst a worker asks for
     # one trial too many, which taken_by_another then leaves unrun
-    points = {_key(t.params) for t in taken if _has_point(t, spec)}
+    points = {_key(t.params) for t in taken if _has_drawn(t, spec)}
     return max(0, planned_trials(spec) - len(points))
 
 
@@ -399,10 +415,10 @@ def taken_by_another(trial, spec: dict) -> bool:
         if spec["search"]:
             return len(earlier) >= spec["trials"]
         mine = _key(trial.params)
-        if any(_key(t.params) == mine for t in [*earlier, *filter(_ended, others)] if _has_point(t, spec)):
+        if any(_key(t.params) == mine for t in [*earlier, *filter(_ended, others)] if _has_drawn(t, spec)):
             return True
-        # an earlier trial still drawing its values (milliseconds; one whose worker died is left after 10 s)
-        if all(_has_point(t, spec) for t in earlier if t.state == TrialState.RUNNING) or time.time() > waited_until:
+        # an earlier trial still drawing its values (milliseconds) may draw this point
+        if not any(_drawing(t) and not _has_drawn(t, spec) for t in earlier) or time.time() > waited_until:
             return False
         time.sleep(0.2)
 
@@ -412,9 +428,15 @@ def _counted(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SPARE)]
 
 
-def _has_point(trial, spec: dict) -> bool:
-    """Whether a grid trial has drawn every grid value and its seed."""
-    return set(trial.params) >= {*spec["grid"], "seed"}
+def _has_drawn(trial, spec: dict) -> bool:
+    """Whether a trial has drawn its whole setting (a grid's values and seed; a search's values)."""
+    return set(trial.params) >= ({*spec["grid"], *spec["search"]} if spec["search"] else {*spec["grid"], "seed"})
+
+
+def _drawing(trial) -> bool:
+    """Whether a RUNNING trial may still be drawing its setting (rather than have lost its worker)."""
+    started = trial.datetime_start
+    return trial.state == TrialState.RUNNING and started is not None and time.time() - started.timestamp() < DRAWING_S
 
 
 def _ended(trial) -> bool:
@@ -427,6 +449,13 @@ def planned_trials(spec: dict) -> int:
     if spec["search"]:
         return spec["trials"]
     return math.prod(len(v) for v in spec["grid"].values()) * len(spec["seeds"])
+
+
+def planned_points(spec: dict) -> list[dict]:
+    """A grid's trials: each point with each seed, as Optuna keeps their parameters."""
+    names = [*spec["grid"], "seed"]
+    values = [[_encode(v) for v in spec["grid"][k]] for k in spec["grid"]] + [spec["seeds"]]
+    return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 
 
 def progress_line(study, trial, spec: dict) -> str:
@@ -476,6 +505,8 @@ def run_trials(study, spec: dict, run) -> None:
 def result_rows(study, spec: dict) -> list[dict]:
     rows = []
     for t in sorted(_counted(study), key=lambda t: t.number):
+        if t.state == TrialState.RUNNING and not _has_drawn(t, spec):  # no setting yet: not a trial of the spec
+            continue
         per_seed = t.user_attrs.get("metrics") or {}
         seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
         for seed in seeds:
@@ -662,7 +693,7 @@ def main(argv: Optional[list] = None) -> None:
     args.storage = args.storage or f"sqlite:///{out / 'study.db'}"
     study = open_study(spec, args.study_name, args.storage, create=True)
     check_same_trials(study, spec, extra, args.out)
-    requeued = requeue_interrupted(study, args.storage)
+    requeued = requeue_interrupted(study, args.storage, spec)
     if requeued:
         print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
     where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"

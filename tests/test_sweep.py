@@ -149,7 +149,7 @@ def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
     for _ in range(2):  # both points were running when the sweep was stopped
         with pytest.raises(KeyboardInterrupt):
             sweep.run_trials(study, GRID, interrupted)
-    assert sweep.requeue_interrupted(study, url) == 2
+    assert sweep.requeue_interrupted(study, url, GRID) == 2
     assert sweep.left_to_start(study, GRID) == 2  # the two queued trials, counted once
     ran = []
     sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
@@ -308,6 +308,8 @@ def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(t
     done.set_user_attr("metrics", {"0": {"val/mse": 0.02}})
     study.tell(done, 0.02)
     running = study.ask()  # taken by a worker elsewhere, not finished
+    running.suggest_categorical("data.batch_size", [16, 32])
+    running.suggest_categorical("seed", [0])
     table = sweep.result_rows(study, spec)
     assert [r["status"] for r in table] == ["complete", "running"]
     markdown = sweep.results_markdown(table, spec | {"metric": "val/mse"}, "s")
@@ -435,3 +437,24 @@ def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the
     assert reason.startswith("ValueError: no results for seed 0 (its traceback is in ")
     assert reason.endswith("trial_0/output.log)")
     assert "Traceback" in (tmp_path / "runs" / "trial_0" / "output.log").read_text()
+
+
+def test_a_trial_whose_worker_died_before_drawing_is_set_aside_and_every_point_still_runs(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = sweep.open_study(GRID, "s", url, create=True)
+    here = study.ask()  # its worker on this machine was killed before it drew its setting
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    here.set_user_attr(sweep.RUNNING_HERE, f"{socket.gethostname()}:{gone.pid}")
+    lost = study.ask()  # killed between Optuna's ask and the objective's first line: nothing says where
+    assert sweep.requeue_interrupted(study, url, GRID) == 0  # none was interrupted; both points are queued
+    assert [t.state for t in study.trials[:2]] == [sweep.TrialState.FAIL, sweep.TrialState.RUNNING]
+    assert lost.number not in [r["trial"] for r in sweep.result_rows(study, GRID)]  # no setting: not a result row
+    monkeypatch.setattr(sweep, "DRAWING_S", 0)  # as a minute later
+    sweep.requeue_interrupted(study, url, GRID)
+    assert study.trials[lost.number].state == sweep.TrialState.FAIL
+    assert not {here.number, lost.number} & {r["trial"] for r in sweep.result_rows(study, GRID)}  # no rows of theirs
+    ran = []
+    started = time.time()
+    sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
+    assert sorted(ran) == [16, 32] and time.time() - started < 5  # no trial waits for the lost one
