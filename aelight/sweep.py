@@ -16,7 +16,9 @@ and seed: its settings, seed, metrics, status, seconds, reason, host and device,
 A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line reason
 and the others go on (a sweep none of whose trials completed exits with 1); Ctrl-C or SIGTERM stops
 the workers and their runs (on Linux they stop too when the sweep is killed outright); running the
-same command again runs what is missing (interrupted trials included) and no finished trial twice.
+same command again runs what is missing (interrupted trials included) and no finished trial twice. A
+trial whose worker goes silent (a machine that crashed, on a shared storage) is failed by Optuna's
+heartbeat check and run again by the other workers.
 """
 
 import argparse
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +58,7 @@ HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", 
                     "denoise_ssim"}  # fmt: skip
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
+HEARTBEAT_S, GRACE_S = 30, 180  # Optuna's heartbeats: a running trial's worker records one every 30 s
 DRAWING_S = 60  # a trial still drawing its setting after this long lost its worker (drawing takes milliseconds)
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 # Lines of jsonargparse's explanation that say how it searched, not what is wrong
@@ -311,12 +315,26 @@ def open_study(spec: dict, name: str, storage: str, create: bool, worker_index: 
     else:
         space = {key: [_encode(v) for v in values] for key, values in spec["grid"].items()}
         sampler, pruner = SweepGridSampler({**space, "seed": spec["seeds"]}, seed=0), None
+    storage = sweep_storage(storage, spec)
     if create:
         return optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=spec["direction"],
             load_if_exists=True,
         )  # fmt: skip
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def sweep_storage(url: str, spec: dict):
+    """The study's storage, with Optuna's heartbeats: the worker of a running trial records one every
+    ``HEARTBEAT_S``; a trial with none for ``GRACE_S`` (its machine crashed or was cut off from a
+    shared storage) is failed by the next worker or command that looks, and its setting is queued
+    again (``queue_missing``), on any machine of the sweep."""
+    # the heartbeat is experimental in Optuna's terms; aelight's tests hold the behaviour it relies on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=lambda study, trial: queue_missing(study, spec),
+    )  # fmt: skip
 
 
 def open_storage(url: str):
@@ -359,22 +377,30 @@ def requeue_interrupted(study, storage_url: str, spec: dict) -> int:
         elif not _has_drawn(t, spec) and (worker_gone or not _drawing(t)):
             storage.set_trial_user_attr(trial_id, SPARE, True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    optuna.storages.fail_stale_trials(study)  # other machines' trials with no heartbeat for GRACE_S
+    queue_missing(study, spec)
     trials = _counted(study)
-    interrupted = [t.params for t in trials if t.user_attrs.get("interrupted") and t.params]
+    queued = {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    return len({_key(t.params) for t in trials if _interrupted(t) and t.params} & queued)
+
+
+def queue_missing(study, spec: dict) -> None:
+    """Queues what is left to run of a continued sweep: for a grid, each point and seed that no trial
+    has run or is running (Optuna's grid sampler counts an interrupted trial's point as visited); for
+    a search, each interrupted setting."""
+    trials = _counted(study)
+    interrupted = [t.params for t in trials if _interrupted(t) and t.params]
     pending = {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
     if spec["search"]:
-        pending |= {_key(t.params) for t in trials if not t.user_attrs.get("interrupted")}
+        pending |= {_key(t.params) for t in trials if not _interrupted(t)}
         missing = interrupted
     else:
         pending |= {_key(t.params) for t in trials if (t.state == TrialState.RUNNING or _ended(t))}
         missing = planned_points(spec) if trials else []  # a new sweep's points come from the grid sampler
-    queued = set()
     for params in missing:
         if _key(params) not in pending:
             study.enqueue_trial(params)
             pending.add(_key(params))
-            queued.add(_key(params))
-    return len(queued & {_key(params) for params in interrupted})
 
 
 def _key(params: dict) -> str:
@@ -428,9 +454,10 @@ def _counted(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SPARE)]
 
 
-def _has_drawn(trial, spec: dict) -> bool:
+def _has_drawn(trial, spec: dict, params: Optional[dict] = None) -> bool:
     """Whether a trial has drawn its whole setting (a grid's values and seed; a search's values)."""
-    return set(trial.params) >= ({*spec["grid"], *spec["search"]} if spec["search"] else {*spec["grid"], "seed"})
+    drawn = set(trial.params if params is None else params)
+    return drawn >= ({*spec["grid"], *spec["search"]} if spec["search"] else {*spec["grid"], "seed"})
 
 
 def _drawing(trial) -> bool:
@@ -441,7 +468,15 @@ def _drawing(trial) -> bool:
 
 def _ended(trial) -> bool:
     """Finished for good: an interrupted trial is run again, so it has not ended."""
-    return trial.state.is_finished() and not trial.user_attrs.get("interrupted")
+    return trial.state.is_finished() and not _interrupted(trial)
+
+
+def _interrupted(trial) -> bool:
+    """Stopped before it could finish: Ctrl-C, SIGTERM or a killed worker (recorded as such), or
+    failed with no reason of its own (Optuna's heartbeat check failed it: its worker went silent)."""
+    if trial.user_attrs.get("interrupted"):
+        return True
+    return trial.state == TrialState.FAIL and "reason" not in trial.user_attrs and not trial.user_attrs.get(SPARE)
 
 
 def planned_trials(spec: dict) -> int:
@@ -505,14 +540,16 @@ def run_trials(study, spec: dict, run) -> None:
 def result_rows(study, spec: dict) -> list[dict]:
     rows = []
     for t in sorted(_counted(study), key=lambda t: t.number):
-        if t.state == TrialState.RUNNING and not _has_drawn(t, spec):  # no setting yet: not a trial of the spec
+        # a queued trial's setting is fixed before it runs; one that never drew a setting is not the spec's
+        params = t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
+        if t.state != TrialState.COMPLETE and not _has_drawn(t, spec, params):
             continue
         per_seed = t.user_attrs.get("metrics") or {}
-        seeds = [t.params["seed"]] if "seed" in t.params else spec["seeds"]
+        seeds = [params["seed"]] if "seed" in params else spec["seeds"]
         for seed in seeds:
             metrics = per_seed.get(str(seed), {})
             row = {"trial": t.number, "status": STATUS[t.state.name], "seed": seed}
-            row |= {k: v for k, v in t.params.items() if k != "seed"}
+            row |= {k: v for k, v in params.items() if k != "seed"}
             row |= {m: metrics.get(m) for m in spec["report"]}
             row |= {"seconds": t.user_attrs.get("seconds"), "reason": _reason(t)}
             row |= {"device": t.user_attrs.get("device", ""), "run": t.user_attrs.get("run", "")}
@@ -528,6 +565,8 @@ def _reason(trial) -> str:
         epoch = max(trial.intermediate_values)  # the epoch index Lightning's pruning callback reports
         value = trial.intermediate_values[epoch]
         return f"{PRUNING_MONITOR} {value:.4g} after {epoch + 1} epochs, worse than the median of earlier trials there"
+    if _interrupted(trial) and "reason" not in trial.user_attrs:
+        return "interrupted: its worker stopped without a word (a machine that crashed or was cut off?)"
     return trial.user_attrs.get("reason", "")
 
 
@@ -571,7 +610,7 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
         r
         for r in rows
         if r["status"] != "complete"
-        and not (r.get("reason") == "interrupted" and (_setting(r, fixed), r["seed"]) in redone)
+        and not (r.get("reason", "").startswith("interrupted") and (_setting(r, fixed), r["seed"]) in redone)
     ]
     if failed:
         lines += ["", "Not completed:", ""]

@@ -458,3 +458,32 @@ def test_a_trial_whose_worker_died_before_drawing_is_set_aside_and_every_point_s
     started = time.time()
     sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
     assert sorted(ran) == [16, 32] and time.time() - started < 5  # no trial waits for the lost one
+
+
+def test_a_trial_whose_machine_went_silent_is_failed_by_its_heartbeat_and_run_again(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep, "GRACE_S", 2)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = sweep.open_study(GRID, "s", url, create=True)
+    elsewhere = study.ask()  # a worker on another machine drew its setting, beat once, then went silent
+    elsewhere.set_user_attr(sweep.RUNNING_HERE, "another-machine:1")
+    elsewhere.suggest_categorical("data.batch_size", [16, 32])
+    elsewhere.suggest_categorical("seed", [0])
+    storage = optuna.storages.RDBStorage(url)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), 0))
+    assert sweep.left_to_start(study, GRID) == 1  # its point is taken while it may still be running
+    time.sleep(3)
+    ran = []
+
+    def run(trial, params, seeds):
+        ran.append(params["data.batch_size"])
+        trial.set_user_attr("metrics", {"0": {"val/mse": 0.02}})
+        return 0.02
+
+    sweep.run_trials(study, GRID, run)
+    assert sorted(ran) == [16, 32]  # this machine's worker failed it and ran its point too
+    (row,) = [r for r in sweep.result_rows(study, GRID) if r["trial"] == elsewhere.number]
+    assert row["status"] == "failed" and row["reason"].startswith("interrupted: its worker stopped")
+    assert "Not completed" not in sweep.results_markdown(sweep.result_rows(study, GRID), GRID, "s")  # run again
