@@ -198,15 +198,13 @@ def run_one(cmd: list[str], env: dict, log: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "aelight", *cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             code = proc.wait()
-        except BaseException:  # Ctrl-C or SIGTERM of the sweep: stop the run, then report
-            # a second signal (the sweep stops its workers too) must not cut this short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        except BaseException:  # Ctrl-C or SIGTERM of the sweep (_on_stop ignores the next ones): stop the run
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()  # reaped here: a child left to a container's init can stay a zombie
             raise
     from aelight.cli import PRUNED_EXIT
 
@@ -510,7 +508,8 @@ def worker(args: argparse.Namespace, extra: list[str]) -> None:
     """One worker process: trials from the study until the spec's are all taken."""
     spec = load_spec(args.spec)
     study = open_study(spec, args.study_name, args.storage, create=False, worker_index=args.worker_index)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGTERM, _on_stop)
     run = functools.partial(
         run_trial, spec=spec, out=Path(args.out), extra=extra, env=dict(os.environ), storage=args.storage
     )
@@ -824,6 +823,7 @@ def _stop(workers: list) -> None:
             w.wait(timeout=60)
         except subprocess.TimeoutExpired:
             w.kill()
+            w.wait()
 
 
 def write_results(study, spec: dict, out: Path, title: str) -> None:
@@ -835,12 +835,17 @@ def write_results(study, spec: dict, out: Path, title: str) -> None:
           f"tensorboard --logdir {out}/runs")  # fmt: skip
 
 
-_terminated = False
+_stopping = _terminated = False
 
 
-def _on_sigterm(*_) -> None:
-    global _terminated
-    _terminated = True
+def _on_stop(signum, frame) -> None:
+    """Ctrl-C or SIGTERM: a KeyboardInterrupt once; the signals after it (a terminal's Ctrl-C reaches
+    every process of the sweep, and the sweep then stops its workers too) must not cut short the
+    stop they started (each worker stopping and reaping its run, then recording its trial)."""
+    global _stopping, _terminated
+    if _stopping:
+        return
+    _stopping, _terminated = True, signum == signal.SIGTERM
     raise KeyboardInterrupt
 
 
@@ -848,7 +853,9 @@ def run(argv: Optional[list] = None) -> None:
     """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
     from aelight.cli import user_error
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    global _stopping, _terminated
+    _stopping = _terminated = False
+    previous = signal.signal(signal.SIGINT, _on_stop), signal.signal(signal.SIGTERM, _on_stop)
     try:
         main(argv)
     except (AelightError, OSError) as err:
@@ -858,4 +865,5 @@ def run(argv: Optional[list] = None) -> None:
         print(f"aelight: error: {message}", file=sys.stderr)
         sys.exit(1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
