@@ -30,9 +30,8 @@ def stop_with_parent(parent_pid: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import ctypes.util
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    # the process's own symbols hold libc's prctl (find_library would start ldconfig in every run)
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
