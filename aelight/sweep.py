@@ -378,7 +378,7 @@ def requeue_interrupted(study, storage_url: str, spec: dict) -> int:
     optuna.storages.fail_stale_trials(study)  # other machines' trials with no heartbeat for GRACE_S
     queue_missing(study, spec)
     trials = _counted(study)
-    queued = {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    queued = {_key(_setting_of(t)) for t in trials if t.state == TrialState.WAITING}
     return len({_key(t.params) for t in trials if _interrupted(t) and t.params} & queued)
 
 
@@ -388,7 +388,7 @@ def queue_missing(study, spec: dict) -> None:
     a search, each interrupted setting."""
     trials = _counted(study)
     interrupted = [t.params for t in trials if _interrupted(t) and t.params]
-    pending = {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    pending = {_key(_setting_of(t)) for t in trials if t.state == TrialState.WAITING}
     if spec["search"]:
         pending |= {_key(t.params) for t in trials if not _interrupted(t)}
         missing = interrupted
@@ -452,9 +452,14 @@ def _counted(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SPARE)]
 
 
-def _has_drawn(trial, spec: dict, params: Optional[dict] = None) -> bool:
-    """Whether a trial has drawn its whole setting (a grid's values and seed; a search's values)."""
-    drawn = set(trial.params if params is None else params)
+def _setting_of(trial) -> dict:
+    """A trial's parameters: those it drew, or for a queued (WAITING) one those it will run with."""
+    return trial.system_attrs.get("fixed_params", {}) if trial.state == TrialState.WAITING else trial.params
+
+
+def _has_drawn(trial, spec: dict) -> bool:
+    """Whether a trial has its whole setting (a grid's values and seed; a search's values)."""
+    drawn = set(_setting_of(trial))
     return drawn >= ({*spec["grid"], *spec["search"]} if spec["search"] else {*spec["grid"], "seed"})
 
 
@@ -540,8 +545,8 @@ def result_rows(study, spec: dict) -> list[dict]:
     rows = []
     for t in sorted(_counted(study), key=lambda t: t.number):
         # a queued trial's setting is fixed before it runs; one that never drew a setting is not the spec's
-        params = t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
-        if t.state != TrialState.COMPLETE and not _has_drawn(t, spec, params):
+        params = _setting_of(t)
+        if t.state != TrialState.COMPLETE and not _has_drawn(t, spec):
             continue
         per_seed = t.user_attrs.get("metrics") or {}
         seeds = [params["seed"]] if "seed" in params else spec["seeds"]
