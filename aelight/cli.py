@@ -30,7 +30,7 @@ from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
 from aelight.errors import AelightError, ConfigError
 from aelight.loggers import TensorBoardRun
 from aelight.models import AE
-from aelight.runtime import PARENT_ENV, skip_repeated_gpu_probe, stop_with_parent
+from aelight.runtime import PARENT_ENV, quiet_library_notices, skip_repeated_gpu_probe, stop_with_parent
 
 CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
@@ -384,7 +384,8 @@ def overview() -> str:
 def main(args: Optional[list] = None) -> None:
     from aelight.apps import APPLICATIONS, run_application
 
-    skip_repeated_gpu_probe()  # a setting of the whole process, made where the process starts
+    skip_repeated_gpu_probe()  # settings of the whole process, made where the process starts
+    quiet_library_notices()
     if os.environ.get(PARENT_ENV):  # a worker or run of aelight sweep stops with the sweep
         stop_with_parent(int(os.environ[PARENT_ENV]))
     argv = sys.argv[1:] if args is None else list(args)

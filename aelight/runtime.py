@@ -1,9 +1,12 @@
-"""Process-level settings that make training faster without changing results; the ``aelight``
-command makes them when it starts (from Python, call them before training)."""
+"""Process-level settings that the ``aelight`` command makes when it starts (from Python, call them
+before training): faster steps without changing results, stopping with a sweep, a quiet console."""
 
+import logging
 import os
+import re
 import signal
 import sys
+import warnings
 
 import torch
 
@@ -35,3 +38,23 @@ def stop_with_parent(parent_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+# Notices of the libraries underneath that say nothing about the user's run, printed by every
+# command and into every sweep trial's output.log: Lightning 2.6 advertising its cloud logger, and
+# torch's deprecation of a pytree check inside Lightning's own code.
+LIBRARY_NOTICES = ("💡 Tip: For seamless cloud logging", "`isinstance(treespec, LeafSpec)` is deprecated")
+
+
+class _DropLibraryNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIBRARY_NOTICES)
+
+
+def quiet_library_notices() -> None:
+    """Leaves out ``LIBRARY_NOTICES`` (every other warning and message still shows)."""
+    warnings.filterwarnings("ignore", message=re.escape(LIBRARY_NOTICES[1]))
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLibraryNotices) for f in logger.filters):
+            logger.addFilter(_DropLibraryNotices())

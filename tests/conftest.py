@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("AELIGHT_REAL_DATA", REPO.parent / "shared" / "data"))
+REAL_DATA = Path(os.environ.get("AELIGHT_REAL_DATA", REPO / "data"))  # the folder README's commands use
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -175,6 +175,15 @@ def test_missing_data_exits_nonzero_with_one_message(tmp_path):
     assert f"{tmp_path}/MNIST/raw" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
 
 
+def test_a_run_prints_its_own_lines_and_no_notices_of_the_libraries_underneath(cli_args):
+    proc = subprocess.run([sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", *cli_args()],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "aelight engine: 8 optimizer steps per batch" in output and "`Trainer.fit` stopped" in output
+    assert "litlogger" not in output and "LeafSpec" not in output, output[-3000:]
+
+
 def test_ckpt_alias_without_runs_is_a_clear_error(cli_args, capsys):
     with pytest.raises(SystemExit) as exit_:
         run(cli_args("test", "--config=configs/ae.yaml", "--ckpt_path=best"))
