@@ -18,7 +18,8 @@ and the others go on (a sweep none of whose trials completed exits with 1); Ctrl
 the workers and their runs (on Linux they stop too when the sweep is killed outright); running the
 same command again runs what is missing (interrupted trials included) and no finished trial twice. A
 trial whose worker goes silent (a machine that crashed, on a shared storage) is failed by Optuna's
-heartbeat check and run again by the other workers.
+heartbeat check and run again by the other workers. ``--results`` writes and prints the results of
+the study as it stands, starting nothing.
 """
 
 import argparse
@@ -683,6 +684,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage", default=None, help="an Optuna storage URL shared by several machines (default: <out>/study.db)"
     )
+    p.add_argument(
+        "--results",
+        action="store_true",
+        help="write and print results.csv and results.md of the study as it stands, starting no trial "
+        "(e.g. while other machines work on a shared --storage); any aelight fit option is ignored",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--study_name", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker_index", type=int, default=0, help=argparse.SUPPRESS)
@@ -712,6 +719,8 @@ def main(argv: Optional[list] = None) -> None:
     args.study_name = args.study_name or Path(args.spec).stem
     if args.worker:
         return worker(args, extra)
+    if args.results:
+        return show_results(spec, args)
     # the command line overrides what the spec says of devices and workers
     args.devices = args.devices if args.devices is not None else spec.get("devices")
     if args.workers_per_device is None:
@@ -769,6 +778,23 @@ def main(argv: Optional[list] = None) -> None:
     states = {t.state for t in _counted(study)}
     if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
         raise AelightError(f"no trial of the sweep completed; {out / 'results.md'} lists why each failed")
+
+
+def show_results(spec: dict, args: argparse.Namespace) -> None:
+    """``--results``: the study's results as they stand, written and printed; nothing is started or
+    changed in the study (a trial under way elsewhere is listed as running)."""
+    out = Path(args.out)
+    if args.storage:
+        open_storage(args.storage)
+    elif not (out / "study.db").is_file():
+        raise ConfigError(f"no sweep at {out}: run the command without --results first, or give the sweep's --out")
+    url = args.storage or f"sqlite:///{out / 'study.db'}"
+    try:
+        study = open_study(spec, args.study_name, url, create=False)
+    except KeyError:  # Optuna's answer for a study that is not in the storage
+        raise ConfigError(f"{args.storage or out / 'study.db'} holds no sweep {args.study_name}") from None
+    safe_files.check_writable(out, "choose another with --out DIR")
+    write_results(study, spec, out, args.study_name)
 
 
 def check_same_trials(study, spec: dict, extra: list[str], out: str) -> None:

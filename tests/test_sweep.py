@@ -316,6 +316,34 @@ def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(t
     assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
 
 
+def test_results_of_a_sweep_as_it_stands_are_written_and_printed_without_starting_or_changing_a_trial(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(REPO)
+    path, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
+    with pytest.raises(ConfigError, match=f"no sweep at {out}: run the command without --results first"):
+        sweep.main([str(path), f"--out={out}", "--results"])
+    out.mkdir()
+    spec, url = sweep.load_spec(str(path)), f"sqlite:///{out / 'study.db'}"
+    study = sweep.open_study(spec, "spec", url, create=True)
+    for value in (0.02, None):  # one trial complete, one under way on another machine
+        trial = study.ask()
+        trial.suggest_categorical("data.batch_size", [16, 32])
+        seed = trial.suggest_categorical("seed", [0, 1])
+        if value:
+            trial.set_user_attr("metrics", {str(seed): {"val/mse": value, "val/psnr": 17.0}})
+            study.tell(trial, value)
+    sweep.main([str(path), f"--out={out}", "--results", f"--data.data_dir={tmp_path}"])
+    printed = capsys.readouterr().out
+    assert "| setting | seeds | val/mse | val/psnr |" in printed and "| 1 | 0.0200 | 17.0000 |" in printed
+    assert "running: not finished when these results were written" in printed
+    assert [r["status"] for r in rows(out)] == ["complete", "running"]
+    after = sweep.open_study(spec, "spec", url, create=False).trials
+    assert [t.state.name for t in after] == ["COMPLETE", "RUNNING"] and not (out / "runs").exists()
+    with pytest.raises(ConfigError, match="holds no sweep other"):
+        sweep.main([str(path), f"--out={out}", "--results", "--storage", url, "--study_name=other"])
+
+
 def test_a_sweep_continued_with_other_trial_options_or_another_grid_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     spec = sweep.load_spec(str(write_spec(tmp_path, {"data.batch_size": [16, 32]})))
