@@ -113,10 +113,11 @@ def load_spec(path: str) -> dict:
             raise ConfigError(f"sweep spec {path}: search.{key} needs low and high (and optional log, int), or choices")
     spec["link"] = spec.get("link") or {}
     varied = {*spec["grid"], *spec["search"]}
-    if not isinstance(spec["link"], dict) or not all(source in varied for source in spec["link"].values()):
+    if not isinstance(spec["link"], dict) or not all(_is_link(link, varied) for link in spec["link"].values()):
         raise ConfigError(
-            f"sweep spec {path}: link maps an option to the grid or search option whose value it takes, "
-            "e.g. link: {model.init_args.decoder.init_args.in_features: model.init_args.encoder.init_args.out_features}"
+            f"sweep spec {path}: link maps an option to the grid or search option whose value it takes "
+            "(or {from: option, times: k}: k times its value), e.g. "
+            "link: {model.init_args.decoder.init_args.in_features: model.init_args.encoder.init_args.out_features}"
         )
     trials = spec.get("trials")
     if spec["search"] and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
@@ -144,6 +145,28 @@ def load_spec(path: str) -> dict:
     return spec
 
 
+def _is_link(link, varied: set) -> bool:
+    """A link's value: a swept option's name, or ``{from: option, times: k}`` (k a number)."""
+    if isinstance(link, str):
+        return link in varied
+    times = link.get("times", 1) if isinstance(link, dict) else None
+    return (
+        set(link or {}) <= {"from", "times"}
+        and link.get("from") in varied
+        and isinstance(times, (int, float))
+        and not isinstance(times, bool)
+    )
+
+
+def _linked_value(link, params: dict):
+    """The value a linked option takes from the trial's ``params``: the swept option's value, or k
+    times it (a VAE's encoder gives twice the latent size: ``{from: <decoder's input>, times: 2}``)."""
+    if isinstance(link, str):
+        return params[link]
+    value = params[link["from"]] * link.get("times", 1)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -163,7 +186,7 @@ def trial_commands(spec: dict, params: dict, seed: int, run_root: Path, extra: l
     """The aelight command lines of one trial and seed (fit then test, or anomaly)."""
     configs = [*spec["config"], *([params["config"]] if "config" in params else [])]
     options = [_option(k, v) for k, v in params.items() if k not in ("config", "seed")]
-    options += [_option(target, params[source]) for target, source in spec["link"].items()]
+    options += [_option(target, _linked_value(link, params)) for target, link in spec["link"].items()]
     common = [*(f"--config={c}" for c in configs), *spec["options"], *options, *extra]
     logged = [f"--trainer.logger.init_args.save_dir={run_root}", "--trainer.enable_progress_bar=false"]
     if spec["command"] == "anomaly":
@@ -656,11 +679,12 @@ def parser() -> argparse.ArgumentParser:
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
-        "per seed), link ({option: grid or search option whose value it takes}), seeds, metric, direction\n"
-        "(default: up for scores such as auroc, psnr, ssim, elbo; down for errors and losses),\n"
-        "report (the columns of results), options (for every trial), prune (a search: stop a trial whose\n"
-        f"{PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first one's epochs\n"
-        "decide), command (fit: fit then test the best checkpoint; anomaly), devices, workers_per_device.\n"
+        "per seed), link ({option: grid or search option whose value it takes, or {from: option, times: k}}),\n"
+        "seeds, metric, direction (default: up for scores such as auroc, psnr, ssim, elbo; down for errors\n"
+        "and losses), report (the columns of results), options (for every trial), prune (a search: stop a\n"
+        f"trial whose {PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first\n"
+        "one's epochs decide), command (fit: fit then test the best checkpoint; anomaly), devices,\n"
+        "workers_per_device.\n"
         "See configs/sweeps/.\n\n"
         "Any other option is an `aelight fit` option applied to every trial.",
         epilog="Writes <out>/study.db (the Optuna study, unless --storage), <out>/runs/trial_<n>/ (each trial's runs:\n"

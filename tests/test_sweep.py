@@ -21,6 +21,7 @@ from aelight.errors import ConfigError
 from tests.conftest import REPO
 
 CODE_SIZE = "model.init_args.encoder.init_args.out_features"
+LATENT = "model.init_args.decoder.init_args.in_features"
 SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
          "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false"]  # fmt: skip
 
@@ -176,6 +177,8 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
         ("grid: {config: [configs/ae.yaml, configs/nope.yaml]}", "config file configs/nope.yaml not found"),
         ("config: configs/ae.yaml\nseeds: [0, true]", "seeds must be whole numbers"),
         ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: c}", "link maps an option to the grid or search"),
+        ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: {from: a, times: two}}", r"\{from: option, times: k\}"),
+        ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: {from: a, plus: 1}}", "link maps an option"),
     ):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
@@ -183,6 +186,12 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     code_size = sweep.load_spec(str(REPO / "configs/sweeps/code_size.yaml"))  # the decoder's input linked
     (fit, _test) = sweep.trial_commands(code_size, {CODE_SIZE: 8, "seed": 0}, 0, tmp_path, [])
     assert f"--{CODE_SIZE}=8" in fit and "--model.init_args.decoder.init_args.in_features=8" in fit
+    vae = sweep.load_spec(str(REPO / "configs/sweeps/vae_beta.yaml"))  # the encoder gives twice the latent size
+    (fit, _test) = sweep.trial_commands(vae, {LATENT: 8, "model.init_args.beta": 2.0, "seed": 0}, 0, tmp_path, [])
+    assert f"--{LATENT}=8" in fit and f"--{CODE_SIZE}=16" in fit and "--model.init_args.beta=2.0" in fit
+    halved = vae | {"link": {LATENT: {"from": CODE_SIZE, "times": 0.5}}}
+    (fit, _test) = sweep.trial_commands(halved, {CODE_SIZE: 64, "seed": 0}, 0, tmp_path, [])
+    assert f"--{LATENT}=32" in fit  # a whole number stays one: the option takes an int
     for metric, direction in (("test/elbo", "maximize"), ("val/psnr_best", "maximize"), ("f1", "maximize"),
                               ("test/nll", "minimize"), ("val/loss", "minimize")):  # fmt: skip
         (tmp_path / "m.yaml").write_text(f"config: configs/ae.yaml\nmetric: {metric}")
