@@ -119,6 +119,9 @@ def load_spec(path: str) -> dict:
             "(or {from: option, times: k}: k times its value), e.g. "
             "link: {model.init_args.decoder.init_args.in_features: model.init_args.encoder.init_args.out_features}"
         )
+    for target, link in spec["link"].items():  # k times a value: a number (k times a string would repeat it)
+        if isinstance(link, dict) and not all(map(_is_number, _swept_values(spec, link["from"]))):
+            raise ConfigError(f"sweep spec {path}: link {target} takes a multiple of {link['from']}, not a number")
     trials = spec.get("trials")
     if spec["search"] and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
         raise ConfigError(f"sweep spec {path}: a search needs trials: N, a whole number of settings to try")
@@ -149,13 +152,24 @@ def _is_link(link, varied: set) -> bool:
     """A link's value: a swept option's name, or ``{from: option, times: k}`` (k a number)."""
     if isinstance(link, str):
         return link in varied
-    times = link.get("times", 1) if isinstance(link, dict) else None
     return (
-        set(link or {}) <= {"from", "times"}
+        isinstance(link, dict)
+        and set(link) <= {"from", "times"}
         and link.get("from") in varied
-        and isinstance(times, (int, float))
-        and not isinstance(times, bool)
+        and _is_number(link.get("times", 1))
     )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _swept_values(spec: dict, option: str) -> list:
+    """The values a grid gives an option, or a search's choices or bounds."""
+    if option in spec["grid"]:
+        return spec["grid"][option]
+    space = spec["search"][option]
+    return space["choices"] if "choices" in space else [space["low"], space["high"]]
 
 
 def _linked_value(link, params: dict):

@@ -179,6 +179,7 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
         ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: c}", "link maps an option to the grid or search"),
         ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: {from: a, times: two}}", r"\{from: option, times: k\}"),
         ("config: configs/ae.yaml\ngrid: {a: [1]}\nlink: {b: {from: a, plus: 1}}", "link maps an option"),
+        ("config: configs/ae.yaml\ngrid: {a: [x, y]}\nlink: {b: {from: a, times: 2}}", "a multiple of a, not a number"),
     ):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
