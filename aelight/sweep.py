@@ -60,6 +60,7 @@ HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", 
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
 HEARTBEAT_S, GRACE_S = 30, 180  # Optuna's heartbeats: a running trial's worker records one every 30 s
+STUDY_FILE = "study.db"  # the study's storage in the sweep's folder, unless --storage names another
 DRAWING_S = 60  # a trial still drawing its setting after this long lost its worker (drawing takes milliseconds)
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 # Lines of jsonargparse's explanation that say how it searched, not what is wrong
@@ -780,7 +781,7 @@ def main(argv: Optional[list] = None) -> None:
     out = Path(args.out)
     safe_files.check_writable(out, "choose another with --out DIR")
     (out / "runs").mkdir(exist_ok=True)
-    args.storage = args.storage or f"sqlite:///{out / 'study.db'}"
+    args.storage = args.storage or f"sqlite:///{out / STUDY_FILE}"
     study = open_study(spec, args.study_name, args.storage, create=True)
     check_same_trials(study, spec, extra, args.out)
     requeued = requeue_interrupted(study, args.storage, spec)
@@ -821,16 +822,15 @@ def main(argv: Optional[list] = None) -> None:
 def show_results(spec: dict, args: argparse.Namespace) -> None:
     """``--results``: the study's results as they stand, written and printed; nothing is started or
     changed in the study (a trial under way elsewhere is listed as running)."""
-    out = Path(args.out)
+    out, study_file = Path(args.out), Path(args.out) / STUDY_FILE
     if args.storage:
         open_storage(args.storage)
-    elif not (out / "study.db").is_file():
+    elif not study_file.is_file():
         raise ConfigError(f"no sweep at {out}: run the command without --results first, or give the sweep's --out")
-    url = args.storage or f"sqlite:///{out / 'study.db'}"
     try:
-        study = open_study(spec, args.study_name, url, create=False)
+        study = open_study(spec, args.study_name, args.storage or f"sqlite:///{study_file}", create=False)
     except KeyError:  # Optuna's answer for a study that is not in the storage
-        raise ConfigError(f"{args.storage or out / 'study.db'} holds no sweep {args.study_name}") from None
+        raise ConfigError(f"{args.storage or study_file} holds no sweep {args.study_name}") from None
     safe_files.check_writable(out, "choose another with --out DIR")
     write_results(study, spec, out, args.study_name)
 
