@@ -11,7 +11,10 @@ from aelight.components.mlp import check_sizes, logit
 
 
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7), then a Linear layer to ``out_features``."""
+    """Two stride-2 convolutions (28 -> 14 -> 7), then a Linear layer to ``out_features``.
+
+    ``depth``: convolutions per resolution; above 1, 3x3 stride-1 convolutions come before each
+    stride-2 one (more capacity at the same code size, for restoration tasks)."""
 
     def __init__(
         self,
@@ -20,18 +23,25 @@ class ConvEncoder(nn.Module):
         in_channels: int = 1,
         activation: str = "relu",
         final_activation: Optional[str] = None,
+        depth: int = 1,
     ):
         super().__init__()
-        check_sizes("ConvEncoder", out_features=out_features, channels=list(channels), in_channels=in_channels)
-        c1, c2 = channels
+        check_sizes(
+            "ConvEncoder", out_features=out_features, channels=list(channels), in_channels=in_channels, depth=depth
+        )
         self.out_features = out_features
+        layers: list[nn.Module] = []
+        fan_in = in_channels
+        for width in channels:
+            for _ in range(depth - 1):
+                layers += [nn.Conv2d(fan_in, width, 3, padding=1), make_activation(activation)]
+                fan_in = width
+            layers += [nn.Conv2d(fan_in, width, 4, stride=2, padding=1), make_activation(activation)]
+            fan_in = width
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1),
-            make_activation(activation),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            make_activation(activation),
+            *layers,
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, out_features),
+            nn.Linear(channels[-1] * 7 * 7, out_features),
             make_activation(final_activation),
         )
 
@@ -40,7 +50,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: Linear to 7x7 feature maps, two transposed convolutions to 28x28.
+    """Mirror of :class:`ConvEncoder`: Linear to 7x7 feature maps, two transposed convolutions to 28x28
+    (``depth`` above 1: 3x3 convolutions after each, the last one giving the output).
 
     Returns logits.
     """
@@ -51,19 +62,32 @@ class ConvDecoder(nn.Module):
         channels: tuple[int, int] = (64, 32),
         out_channels: int = 1,
         activation: str = "relu",
+        depth: int = 1,
     ):
         super().__init__()
-        check_sizes("ConvDecoder", in_features=in_features, channels=list(channels), out_channels=out_channels)
+        check_sizes(
+            "ConvDecoder", in_features=in_features, channels=list(channels), out_channels=out_channels, depth=depth
+        )
         c1, c2 = channels
         self.in_features = in_features
-        self.net = nn.Sequential(
+        # each stage: a transposed convolution up ("up"), then depth - 1 3x3 ones ("same"); the last gives the image
+        plan = []
+        for fan_in, width in ((c1, c2), (c2, c2)):
+            plan += [("up", fan_in, width)] + [("same", width, width)] * (depth - 1)
+        plan[-1] = (*plan[-1][:2], out_channels)
+        layers: list[nn.Module] = [
             nn.Linear(in_features, c1 * 7 * 7),
             make_activation(activation),
             nn.Unflatten(1, (c1, 7, 7)),
-            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
-            make_activation(activation),
-            nn.ConvTranspose2d(c2, out_channels, 4, stride=2, padding=1),
-        )
+        ]
+        for i, (kind, fan_in, fan_out) in enumerate(plan):
+            if kind == "up":
+                layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))
+            else:
+                layers.append(nn.Conv2d(fan_in, fan_out, 3, padding=1))
+            if i < len(plan) - 1:
+                layers.append(make_activation(activation))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
@@ -114,6 +138,32 @@ class ConvMapDecoder(nn.Module):
 
     def forward(self, maps: Tensor) -> Tensor:
         return self.net(maps)
+
+    def paint(self, values: Tensor, positions: Tensor, size: tuple[int, int]) -> Tensor:
+        """``forward`` of feature maps that are zero but for one value per map: ``values`` (B x maps)
+        at the flat ``positions`` (B x maps) of an image of ``size``, computed from the non-zero
+        values alone: each adds its map's kernel, scaled, at its position. With a unit or two active
+        per map and image this costs a fraction of the dense transposed convolution (the winner-take-all
+        autoencoder's decoder, whose cost would otherwise grow with the number of maps)."""
+        conv = self.net[0]
+        kernel = conv.kernel_size[0]
+        if kernel % 2 == 0:  # the dense path's output is one pixel smaller; keep its meaning
+            maps = torch.zeros(*values.shape, size[0] * size[1], dtype=values.dtype, device=values.device)
+            return self(maps.scatter(2, positions[..., None], values[..., None]).view(*values.shape, *size))
+        pad, (height, width) = kernel // 2, size
+        canvas_h, canvas_w = height + 2 * pad, width + 2 * pad
+        image, unit = values.nonzero(as_tuple=True)
+        weight = conv.weight[unit].flatten(2)  # (active, channels, kernel * kernel)
+        strokes = values[image, unit][:, None, None] * weight
+        rows = torch.arange(kernel, device=values.device)
+        offsets = (rows[:, None] * canvas_w + rows[None, :]).flatten()  # a kernel's cells on the canvas
+        corner = positions[image, unit] // width * canvas_w + positions[image, unit] % width
+        index = (image * canvas_h * canvas_w + corner)[:, None] + offsets  # (active, kernel * kernel)
+        channels = weight.shape[1]
+        canvas = strokes.new_zeros(channels, len(values) * canvas_h * canvas_w)
+        canvas.index_add_(1, index.flatten(), strokes.permute(1, 0, 2).reshape(channels, -1))
+        canvas = canvas.view(channels, len(values), canvas_h, canvas_w).permute(1, 0, 2, 3)
+        return canvas[:, :, pad : pad + height, pad : pad + width] + conv.bias.view(1, -1, 1, 1)
 
     @torch.no_grad()
     def set_output_bias(self, mean_image: Tensor) -> None:

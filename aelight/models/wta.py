@@ -11,7 +11,6 @@ linear classifier separates well.
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,23 +19,21 @@ from aelight.errors import ConfigError
 from aelight.models.autoencoder import AE
 
 
-def spatial_winners(maps: Tensor) -> Tensor:
-    """Keep each map's largest value per image, zero the rest (ties keep one position)."""
-    flat = maps.flatten(2)
-    top = flat.argmax(2, keepdim=True)
-    return torch.zeros_like(flat).scatter(2, top, flat.gather(2, top)).view_as(maps)
+def spatial_winners(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Each map's largest value per image and its flat position (both B x maps); the rest of the map
+    is zero (ties keep one position)."""
+    return maps.flatten(2).max(2)
 
 
-def strongest(maps: Tensor, k: int, dim: int) -> Tensor:
-    """Keep the ``k`` maps with the highest peaks along ``dim`` of the (batch x maps) peak table."""
-    peaks = maps.flatten(2).amax(2)
+def strongest(peaks: Tensor, k: int, dim: int) -> Tensor:
+    """Keep the ``k`` highest of the (batch x maps) ``peaks`` along ``dim``, zero the others."""
     threshold = peaks.topk(k, dim=dim).values.narrow(dim, k - 1, 1)
-    return maps * (peaks >= threshold).to(maps.dtype)[:, :, None, None]
+    return peaks * (peaks >= threshold).to(peaks.dtype)
 
 
-def lifetime_winners(maps: Tensor, rate: float) -> Tensor:
-    """Keep a map only in the ``rate`` fraction of the batch (at least one image) where its peak is highest."""
-    return strongest(maps, max(1, int(rate * len(maps))), dim=0)
+def lifetime_winners(peaks: Tensor, rate: float) -> Tensor:
+    """Keep a map's peak only in the ``rate`` fraction of the batch (at least one image) where it is highest."""
+    return strongest(peaks, max(1, int(rate * len(peaks))), dim=0)
 
 
 class WTAAE(AE):
@@ -59,27 +56,31 @@ class WTAAE(AE):
             raise ConfigError(f"WTAAE: lifetime_sparsity must be in (0, 1], got {lifetime_sparsity}")
         self.lifetime_sparsity, self.pool_size, self.pool_stride = lifetime_sparsity, pool_size, pool_stride
 
-    def sparse_maps(self, x: Tensor) -> Tensor:
-        """Training: spatial and lifetime winners. Otherwise each image keeps its strongest
-        ``lifetime_sparsity`` share of maps, as many as training showed the decoder on average,
-        so that evaluation does not depend on the batch and val/loss tracks training."""
-        winners = spatial_winners(self.encoder(x))
+    def winners(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The winners' values and positions (B x maps; a value of 0: the map is silent). Training:
+        spatial and lifetime winners. Otherwise each image keeps its strongest ``lifetime_sparsity``
+        share of maps, as many as training showed the decoder on average, so that evaluation does not
+        depend on the batch and val/loss tracks training."""
+        peaks, positions = spatial_winners(self.encoder(x))
         if self.lifetime_sparsity == 1:
-            return winners
+            return peaks, positions
         if self.training:
-            return lifetime_winners(winners, self.lifetime_sparsity)
-        return strongest(winners, max(1, round(self.lifetime_sparsity * winners.shape[1])), dim=1)
+            return lifetime_winners(peaks, self.lifetime_sparsity), positions
+        return strongest(peaks, max(1, round(self.lifetime_sparsity * peaks.shape[1])), dim=1), positions
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        winners = self.sparse_maps(x)
-        pixels = self.decoder(winners)  # linear: strokes add up, and MSE trains them directly
-        return {"z": winners, "logits": pixels, "recon": pixels}
+        values, positions = self.winners(x)
+        # linear: strokes add up, and MSE trains them directly; painted from the winners alone
+        pixels = self.decoder.paint(values, positions, x.shape[-2:])
+        return {"z": values, "positions": positions, "logits": pixels, "recon": pixels}
 
     def decode(self, z: Tensor) -> Tensor:
+        """Dense feature maps to pixels in [0, 1]."""
         return self.decoder(z).clamp(0, 1)
 
     def encode(self, x: Tensor) -> Tensor:
         return F.max_pool2d(self.encoder(x), self.pool_size, self.pool_stride).flatten(1)
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        return self.decode(self.sparse_maps(x))
+        values, positions = self.winners(x)
+        return self.decoder.paint(values, positions, x.shape[-2:]).clamp(0, 1)
