@@ -144,6 +144,52 @@ def test_anomaly_command(tiny_data, tmp_path):
         events.Reload()
         assert events.Scalars("anomaly/auroc")[-1].value == pytest.approx(report["digits"][digit]["auroc"])
         assert events.Scalars("anomaly/f1")[-1].value == pytest.approx(report["digits"][digit]["f1"])
+    # scores.csv: each digit's detector on every test image; the AUROC and F1 recomputed from it
+    import csv
+
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert list(rows[0]) == ["index", "label", "score", "anomalous", "normal_digit"]
+    for digit in ("0", "3"):
+        mine = [r for r in rows if r["normal_digit"] == digit]
+        assert [int(r["index"]) for r in mine] == list(range(200))  # the tiny test set, in order
+        truth = [int(r["label"] != digit) for r in mine]
+        assert roc_auc_score(truth, [float(r["score"]) for r in mine]) == pytest.approx(
+            report["digits"][digit]["auroc"]
+        )
+        decided = [int(r["anomalous"]) for r in mine]
+        assert decided == [int(float(r["score"]) > report["digits"][digit]["threshold"]) for r in mine]
+        assert f1_score(truth, decided) == pytest.approx(report["digits"][digit]["f1"])
+
+
+def test_pixel_nearest_neighbour_baseline_trains_nothing_and_scores_by_distance(tiny_data, tmp_path):
+    out = tmp_path / "baseline"
+    run("anomaly", "--baseline=pixel_nn", "--digits", "4", *tiny(tiny_data), f"--out={out}")
+    report = json.loads((out / "report.json").read_text())
+    assert report["digits"]["4"]["checkpoint"] is None and report["score"].startswith("distance to the nearest")
+    import csv
+
+    from aelight.apps.common import data, images_and_labels
+
+    dm = data(str(tiny_data), val_size=100, classes=[4])
+    normal = images_and_labels(dm, "train", "cpu")[0].flatten(1).double().numpy()
+    test, labels = images_and_labels(dm, "test", "cpu")
+    test = test.flatten(1).double().numpy()
+    oracle = np.sqrt(((test[:, None, :] - normal[None]) ** 2).sum(-1)).min(1)  # brute force, float64
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert list(rows[0]) == ["index", "label", "score", "anomalous"]
+    assert [int(r["label"]) for r in rows] == labels.tolist()
+    assert np.allclose([float(r["score"]) for r in rows], oracle, rtol=1e-4)
+    from sklearn.metrics import roc_auc_score
+
+    assert report["digits"]["4"]["auroc"] == pytest.approx(roc_auc_score(labels.numpy() != 4, oracle), abs=1e-4)
+
+
+def test_anomaly_without_a_model_or_baseline_is_one_line(tiny_data, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("anomaly", *tiny(tiny_data))
+    assert exit_.value.code == 1 and "needs --config" in capsys.readouterr().err
 
 
 def test_generate_command(trained, tiny_data, tmp_path):

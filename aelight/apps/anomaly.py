@@ -1,37 +1,76 @@
 """Anomaly detection, one-class protocol: for each digit, train on that digit's training images
-only (normal), score all 10,000 test images (anomaly = any other digit) by reconstruction error
-(-ELBO for a VAE), and report the AUROC per digit and their mean. A threshold at a percentile of
-the validation scores of normal images gives yes/no decisions (precision, recall, F1).
+only (normal), score all 10,000 test images (anomaly = any other digit) with the model's anomaly
+score (reconstruction error; -ELBO for a VAE; relative restoration error for the restoration AE),
+and report the AUROC per digit and their mean. A threshold at a percentile of the validation scores
+of normal images gives yes/no decisions (precision, recall, F1). ``scores.csv`` holds every test
+image's score and decision, so the figures can be recomputed from it.
 
-    aelight anomaly --config configs/anomaly/ae.yaml --data.data_dir data/ [any aelight fit option]
+``--baseline pixel_nn`` trains nothing: an image's score is its Euclidean distance to the nearest
+training image of the digit, in raw pixels, the reference point of what learning adds.
+
+    aelight anomaly --config configs/anomaly/restoration.yaml --data.data_dir data/ [any aelight fit option]
+    aelight anomaly --baseline pixel_nn --data.data_dir data/
 """
 
 import argparse
+import csv
+import io
 import time
 import warnings
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
 
+from aelight import safe_files
 from aelight.apps import common
 from aelight.cli import build_cli
 
+BASELINES = ("pixel_nn",)
+SCORES_HEADER = ("index", "label", "score", "anomalous")
 
-def train_one_class(args, digit: int):
+
+def one_class_cli(args, digit: int, *options: str):
+    """The aelight CLI (not run) of the digit's one-class run: the command's configs and fit
+    options, the digit's training images only."""
     with warnings.catch_warnings():  # the options are this command's, handed on: not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = build_cli(
+        return build_cli(
             [
-                *[f"--config={c}" for c in args.config],
+                *[f"--config={c}" for c in args.config or []],
                 "--data.download=false",
                 "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false",
                 *args.override,  # the user's aelight fit options
                 f"--data.classes=[{digit}]",
-                f"--trainer.logger.init_args.name=anomaly_digit{digit}",
+                *options,
             ],
             run=False,
         )
+
+
+class PixelNearestNeighbour:
+    """The baseline without learning: an image's score is its Euclidean distance to the nearest of
+    the normal training images, in raw pixels."""
+
+    def __init__(self, normal: torch.Tensor):
+        self.normal = normal.flatten(1).float()
+
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x.flatten(1).float(), self.normal).amin(1)
+
+
+def pixel_baseline(args, digit: int):
+    """The digit's nearest-neighbour scorer and its data; nothing is trained or logged."""
+    cli = one_class_cli(args, digit, "--trainer.logger=false")
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    normal, _ = common.images_and_labels(dm, "train", args.device)
+    return PixelNearestNeighbour(normal), dm
+
+
+def train_one_class(args, digit: int):
+    cli = one_class_cli(args, digit, f"--trainer.logger.init_args.name=anomaly_digit{digit}")
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
@@ -51,6 +90,8 @@ def log_to_run(trainer, result: dict) -> None:
 def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
     test, labels = common.images_and_labels(dm, "test", device)
     val, _ = common.images_and_labels(dm, "val", device)  # normal images only (data.classes)
+    if hasattr(model, "fit_scorer"):  # a score with a memory of normal images (RestorationAE's neighbours)
+        model.fit_scorer(common.images_and_labels(dm, "train", device)[0], val)
     torch.manual_seed(0)  # the VAE's score draws posterior samples
     scores = common.batched(model.anomaly_score, test).float()
     val_scores = common.batched(model.anomaly_score, val).float()
@@ -83,27 +124,67 @@ def run(args) -> dict:
     bad_digits = [d for d in args.digits if d not in range(10)]
     if bad_digits:
         raise common.AelightError(f"--digits: {bad_digits} are not digits from 0 to 9")
+    if not args.config and not args.baseline:
+        raise common.AelightError(
+            "aelight anomaly needs --config (the model to train per digit, e.g. configs/anomaly/restoration.yaml) "
+            "or --baseline pixel_nn"
+        )
     report = {
         "config": args.config,
         "options": args.override,
+        "baseline": args.baseline,
         "score": None,
         "percentile": args.percentile,
         "digits": {},
     }
-    histograms = {}
+    histograms, rows = {}, []
     for digit in args.digits:
-        model, dm, best, seconds, trainer = train_one_class(args, digit)
-        report["score"] = "-ELBO (nats)" if hasattr(model, "sample") else "reconstruction MSE"
+        if args.baseline:
+            model, dm = pixel_baseline(args, digit)
+            best, seconds, trainer = None, 0.0, None
+        else:
+            model, dm, best, seconds, trainer = train_one_class(args, digit)
+        report["score"] = score_name(model)
         result, scores, anomalous = evaluate_digit(model, dm, digit, args.device, args.percentile)
-        log_to_run(trainer, result)
+        if trainer is not None:
+            log_to_run(trainer, result)
         report["digits"][str(digit)] = {**result, "checkpoint": best, "train_seconds": seconds}
         histograms[digit] = (scores, anomalous, result["threshold"])
+        rows.append((digit, dm.split_tensors("test")[1], scores, scores > result["threshold"]))
         print(f"digit {digit}: AUROC {result['auroc']:.4f}", flush=True)
     aurocs = [d["auroc"] for d in report["digits"].values()]
     report["mean_auroc"] = sum(aurocs) / len(aurocs)
     report["device"] = common.device_name(args.device)
+    safe_files.write_text(args.report_folder / "scores.csv", scores_csv(rows), what="scores")
     common.write_report(args.report_folder, report, figures(report, histograms))
     return report
+
+
+def score_name(model) -> str:
+    if isinstance(model, PixelNearestNeighbour):
+        return "distance to the nearest normal training image (raw pixels)"
+    if hasattr(model, "sample"):
+        return "-ELBO (nats)"
+    if getattr(model, "restoration_error", None) is None:
+        return "reconstruction MSE"
+    error = "relative restoration error" if model.score == "relative" else "restoration MSE"
+    if model.neighbours:
+        return f"{error} + distance to the {model.neighbours} nearest normal codes (logs scaled on validation)"
+    return f"{error}, mean over views"
+
+
+def scores_csv(rows: list) -> str:
+    """One line per scored test image: its index in the test set, its label, its score and the
+    decision at the threshold (1: anomalous). With several digits, each digit's 10,000 lines in
+    turn and a last column ``normal_digit`` saying whose detector scored them."""
+    several = len(rows) > 1
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*SCORES_HEADER, *(["normal_digit"] if several else [])])
+    for digit, labels, scores, decided in rows:
+        for index, (label, score, flag) in enumerate(zip(labels.tolist(), scores.tolist(), decided.tolist())):
+            writer.writerow([index, label, repr(score), int(flag), *([digit] if several else [])])
+    return buffer.getvalue()
 
 
 def figures(report: dict, histograms: dict) -> dict:
@@ -142,12 +223,20 @@ def main(argv=None) -> None:
         "AUROC per digit and their mean. Any other option is an `aelight fit` option applied to every\n"
         "digit's run, e.g. --data.data_dir data/ --trainer.max_epochs 20 --model.init_args.lr 3e-4.",
         "one run folder per digit (<save_dir>/anomaly_digit<d>/version_N/, TensorBoard logs and\n"
-        "checkpoints), and report.json (AUROC, threshold, precision, recall, F1 per digit; mean AUROC) and\n"
-        "score_histograms.png into lightning_logs/apps/anomaly/ (or --out DIR).",
+        "checkpoints), and report.json (AUROC, threshold, precision, recall, F1 per digit; mean AUROC),\n"
+        "scores.csv (index,label,score,anomalous: each test image's score and decision at the threshold;\n"
+        "with several digits a last column normal_digit) and score_histograms.png into\n"
+        "lightning_logs/apps/anomaly/ (or --out DIR).",
         checkpoint=False,
         data=False,
     )
-    parser.add_argument("--config", action="append", required=True, help="aelight config(s) of the model to train")
+    parser.add_argument("--config", action="append", help="aelight config(s) of the model to train")
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default=None,
+        help="score without learning instead: pixel_nn, the distance to the nearest normal training image",
+    )
     parser.add_argument(
         "--digits", type=int, nargs="+", default=list(range(10)), help="the normal classes, one run each"
     )
