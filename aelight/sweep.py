@@ -49,14 +49,18 @@ from aelight import safe_files
 from aelight.errors import AelightError, ConfigError
 from aelight.runtime import PARENT_ENV
 
-COMMANDS = ("fit", "anomaly")
+# applications that a trial runs on its best checkpoint after fit (their report.json holds the metrics)
+APPLIED = ("features", "reduce", "denoise", "nll", "generate")
+COMMANDS = ("fit", "anomaly", *APPLIED)
 SPEC_KEYS = {"command", "config", "grid", "search", "link", "trials", "seeds", "metric", "direction", "report",
-             "options", "prune", "description", "devices", "workers_per_device"}  # fmt: skip
+             "options", "app_options", "prune", "description", "devices", "workers_per_device"}  # fmt: skip
+APP_DATA_OPTIONS = ("--data.data_dir", "--data.val_size")  # the fit options an application takes too
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 SPARE = "spare"  # user attribute of a trial a worker asked for when the spec's were all taken: not run
 # metrics (the name after the stage) that are better higher; any other is better lower
 HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", "ssim", "elbo", "denoise_psnr",
-                    "denoise_ssim"}  # fmt: skip
+                    "denoise_ssim", "accuracy", "logistic_regression_test_accuracy", "knn5_test_accuracy",
+                    "autoencoder_minus_filter_psnr_db", "mean_top_class_confidence"}  # fmt: skip
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
 HEARTBEAT_S, GRACE_S = 30, 180  # Optuna's heartbeats: a running trial's worker records one every 30 s
@@ -106,6 +110,9 @@ def load_spec(path: str) -> dict:
     spec["search"] = spec.get("search") or {}
     spec["seeds"] = _as_list(spec.get("seeds")) or [42]
     spec["options"] = [str(o) for o in _as_list(spec.get("options"))]
+    spec["app_options"] = [str(o) for o in _as_list(spec.get("app_options"))]
+    if spec["app_options"] and spec["command"] not in APPLIED:
+        raise ConfigError(f"sweep spec {path}: app_options are for a command among {APPLIED}, not {spec['command']}")
     for key, values in spec["grid"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep spec {path}: grid.{key} must be a non-empty list of values")
@@ -135,7 +142,7 @@ def load_spec(path: str) -> dict:
             )
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
         raise ConfigError(f"sweep spec {path}: seeds must be whole numbers")
-    spec.setdefault("metric", "test/mse" if spec["command"] == "fit" else "auroc")
+    spec.setdefault("metric", "auroc" if spec["command"] == "anomaly" else "test/mse")
     if "direction" not in spec:  # what is better by its name: a score up, an error down
         name = str(spec["metric"]).rsplit("/", 1)[-1].removesuffix("_best")
         spec["direction"] = "maximize" if name in HIGHER_IS_BETTER else "minimize"
@@ -210,14 +217,20 @@ def trial_commands(spec: dict, params: dict, seed: int, run_root: Path, extra: l
     fit = ["fit", *common, *logged, *name, f"--seed_everything={seed}"]
     if spec.get("prune") and spec["search"]:
         fit.append('--trainer.callbacks+={"class_path": "aelight.sweep_pruning.SweepPruning"}')
-    if not any(m.startswith("test/") for m in spec["report"]):
-        return [fit]
     best = run_root / f"seed{seed}" / "version_0" / "checkpoints" / "best.ckpt"
-    return [fit, ["test", *common, *logged, *name, f"--seed_everything={seed}", f"--ckpt_path={best}"]]
+    commands = [fit]
+    if any(m.startswith("test/") for m in spec["report"]):
+        commands.append(["test", *common, *logged, *name, f"--seed_everything={seed}", f"--ckpt_path={best}"])
+    if spec["command"] in APPLIED:  # the application on the best checkpoint, with the data the fit had
+        data = [o for o in _trial_options([*spec["options"], *extra], keep_data=True) if o.startswith(APP_DATA_OPTIONS)]
+        out = run_root / f"{spec['command']}_seed{seed}"
+        commands.append([spec["command"], f"--ckpt_path={best}", *data, *spec["app_options"], f"--out={out}"])
+    return commands
 
 
 def run_metrics(spec: dict, run_root: Path, seed: int) -> dict:
-    """The metrics a trial's run logged (last value of each scalar) or reported (anomaly)."""
+    """The metrics a trial's run logged (last value of each scalar) and, for an anomaly trial or an
+    application, what its report.json holds (nested keys joined with /)."""
     if spec["command"] == "anomaly":
         report = json.loads((run_root / f"report_seed{seed}" / "report.json").read_text())
         (digit,) = report["digits"].values()
@@ -226,7 +239,22 @@ def run_metrics(spec: dict, run_root: Path, seed: int) -> dict:
 
     events = EventAccumulator(str(run_root / f"seed{seed}" / "version_0"), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+    metrics = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+    if spec["command"] in APPLIED:
+        report = json.loads((run_root / f"{spec['command']}_seed{seed}" / "report.json").read_text())
+        metrics |= report_numbers(report)
+    return metrics
+
+
+def report_numbers(report: dict, prefix: str = "") -> dict:
+    """The numbers of an application's report, nested keys joined with / (``gaussian_0.5/autoencoder/psnr``)."""
+    numbers = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            numbers |= report_numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[f"{prefix}{key}"] = value
+    return numbers
 
 
 def run_one(cmd: list[str], env: dict, log: Path) -> None:
@@ -647,6 +675,10 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
     if spec.get("command") == "anomaly" and len(ranked) > 1:  # the one-class protocol's figure: the mean over digits
         means = [statistics.fmean(r[spec["metric"]] for r in group) for _, group in ranked]
         lines += ["", f"Mean {spec['metric']} over the {len(means)} settings: {statistics.fmean(means):.4f}"]
+        per_seed = protocol_means(ranked, spec["metric"])
+        if len(per_seed) > 1:
+            seeds = ", ".join(f"{seed}: {mean:.4f}" for seed, mean in per_seed.items())
+            lines[-1] += f"; over seeds {_mean_std(list(per_seed.values()))} ({seeds})"
     # an interrupted trial whose setting and seed a later run of the command completed is history only
     redone = {(key, r["seed"]) for key, group in settings.items() for r in group}
     failed = [
@@ -662,6 +694,16 @@ def results_markdown(rows: list[dict], spec: dict, title: str, options: Optional
             for r in failed
         ]
     return "\n".join(lines) + "\n"
+
+
+def protocol_means(ranked: list, metric: str) -> dict:
+    """Per seed, the mean of ``metric`` over every setting (the one-class protocol's mean AUROC over
+    the digits), for the seeds that completed every setting."""
+    by_seed: dict = {}
+    for _, group in ranked:
+        for row in group:
+            by_seed.setdefault(row["seed"], []).append(row[metric])
+    return {seed: statistics.fmean(v) for seed, v in sorted(by_seed.items()) if len(v) == len(ranked)}
 
 
 def _setting(row: dict, fixed: set, shown: bool = False) -> str:
@@ -698,7 +740,9 @@ def parser() -> argparse.ArgumentParser:
         "seeds, metric, direction (default: up for scores such as auroc, psnr, ssim, elbo; down for errors\n"
         "and losses), report (the columns of results), options (for every trial), prune (a search: stop a\n"
         f"trial whose {PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first\n"
-        "one's epochs decide), command (fit: fit then test the best checkpoint; anomaly), devices,\n"
+        "one's epochs decide), command (fit: fit then test the best checkpoint; anomaly; or an application,\n"
+        "features, reduce, denoise, nll or generate: fit, then the application on the best checkpoint, its\n"
+        "report's numbers as metrics), app_options (the application's own options), devices,\n"
         "workers_per_device.\n"
         "See configs/sweeps/.\n\n"
         "Any other option is an `aelight fit` option applied to every trial.",
@@ -861,14 +905,15 @@ def check_same_trials(study, spec: dict, extra: list[str], out: str) -> None:
     )
 
 
-def _trial_options(extra: list[str]) -> list[str]:
-    """The trial options of a sweep's command line, each as --key=value, without the data folder."""
+def _trial_options(extra: list[str], keep_data: bool = False) -> list[str]:
+    """The trial options of a sweep's command line, each as --key=value, without the data folder
+    (unless ``keep_data``)."""
     options, i = [], 0
     while i < len(extra):
         option = extra[i]
         if "=" not in option and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
             option, i = f"{option}={extra[i + 1]}", i + 1
-        if not option.startswith("--data.data_dir"):
+        if keep_data or not option.startswith("--data.data_dir"):
             options.append(option)
         i += 1
     return options

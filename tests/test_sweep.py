@@ -64,6 +64,32 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial(tiny_data, t
     assert proc.stderr.count(" complete (data.batch_size=") == 4 and "[4 of 4 ended]" in proc.stderr
 
 
+def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoint(tiny_data, tmp_path):
+    spec = write_spec(tmp_path, {}, command="features", metric="logistic_regression_test_accuracy",
+                      report=["logistic_regression_test_accuracy", "val/mse"], app_options=["--max_iter=50"],
+                      seeds=[0])  # fmt: skip
+    out = tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, workers=1), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = rows(out)
+    report = json.loads((Path(row["run"]) / "features_seed0" / "report.json").read_text())
+    assert report["checkpoint"].endswith("seed0/version_0/checkpoints/best.ckpt")
+    assert float(row["logistic_regression_test_accuracy"]) == pytest.approx(report["logistic_regression_test_accuracy"])
+    assert 0 < float(row["val/mse"]) < 1  # fit's own metrics beside the report's
+    loaded = sweep.load_spec(str(spec))
+    assert loaded["direction"] == "maximize"
+    (fit, features) = sweep.trial_commands(
+        loaded, {"seed": 0}, 0, tmp_path, ["--data.data_dir", "d/", "--data.val_size=100"]
+    )
+    assert features[:2] == ["features", f"--ckpt_path={tmp_path}/seed0/version_0/checkpoints/best.ckpt"]
+    assert "--data.data_dir=d/" in features and "--data.val_size=100" in features  # the data the fit had
+    assert features[-2:] == ["--max_iter=50", f"--out={tmp_path}/features_seed0"]
+    assert not [o for o in features if o.startswith("--trainer")]  # fit's options stay with the fit
+    (tmp_path / "bad.yaml").write_text("config: configs/ae.yaml\napp_options: [--max_iter=5]")
+    with pytest.raises(ConfigError, match="app_options are for a command among"):
+        sweep.load_spec(str(tmp_path / "bad.yaml"))
+
+
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_others_finish(tiny_data, tmp_path):
     spec = write_spec(tmp_path, {"data.batch_size": [0, 32]}, seeds=[0])
     out = tmp_path / "sweep"
@@ -166,6 +192,12 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     one_class = sweep.load_spec(str(REPO / "configs/sweeps/one_class.yaml"))
     assert one_class["command"] == "anomaly" and one_class["grid"]["digits"] == list(range(10))
     assert one_class["direction"] == "maximize"
+    assert one_class["config"] == ["configs/anomaly/restoration.yaml"]  # the recipe; the first one stays runnable
+    assert sweep.load_spec(str(REPO / "configs/sweeps/one_class_mlp.yaml"))["config"] == ["configs/anomaly/ae.yaml"]
+    for name in ("features", "features_wta128"):  # fit, then the linear probe of the best checkpoint's features
+        probe = sweep.load_spec(str(REPO / f"configs/sweeps/{name}.yaml"))
+        assert probe["command"] == "features" and probe["direction"] == "maximize"
+        assert probe["metric"] == "logistic_regression_test_accuracy" and probe["seeds"] == [0, 1, 2]
     search = sweep.load_spec(str(REPO / "configs/sweeps/ae_search.yaml"))
     assert search["prune"] and search["trials"] == 20 and search["metric"] == "val/loss"
     for text, message in (
@@ -268,6 +300,10 @@ def test_results_tables_average_seeds_and_rank_settings():
     digits = [{"trial": d, "status": "complete", "seed": 42, "digits": d, "auroc": a} for d, a in ((0, 0.9), (1, 0.8))]
     one_class = {"command": "anomaly", "metric": "auroc", "direction": "maximize", "report": ["auroc"]}
     assert "Mean auroc over the 2 settings: 0.8500" in sweep.results_markdown(digits, one_class, "t")
+    seeds = [{"trial": 2 * d + s, "status": "complete", "seed": s, "digits": d, "auroc": a}
+             for d, pair in enumerate(((0.9, 0.7), (0.8, 0.6))) for s, a in enumerate(pair)]  # fmt: skip
+    # the protocol's mean over digits per seed (0.85 and 0.65), then their mean and spread over seeds
+    assert "over seeds 0.7500 ± 0.1414 (0: 0.8500, 1: 0.6500)" in sweep.results_markdown(seeds, one_class, "t")
     nested = [{"trial": 0, "status": "complete", "seed": 0, f"{CODE_SIZE}": 8, "test/mse": 0.3}]
     assert "| model.encoder.out_features=8 | 1 | 0.3000 |" in sweep.results_markdown(nested, spec, "t")
     searched = [{"trial": n, "status": "complete", "seed": 0, "lr": lr, "test/mse": 0.1 + n}

@@ -58,6 +58,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
 def run_main(
     fn: Callable[[argparse.Namespace], dict],
     parser: argparse.ArgumentParser,
@@ -160,7 +171,15 @@ def full_training_set(dm: MNISTDataModule, device: str) -> tuple[Tensor, Tensor]
 
 @torch.no_grad()
 def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 2000) -> Tensor:
-    return torch.cat([fn(chunk) for chunk in x.split(batch_size)])
+    """``fn`` of ``x``, ``batch_size`` rows at a time, written into one preallocated result (a list
+    of chunks then concatenated would hold wide outputs, such as 60,000 feature vectors, twice)."""
+    out = None
+    for start, chunk in zip(range(0, len(x), batch_size), x.split(batch_size)):
+        result = fn(chunk)
+        if out is None:
+            out = result.new_empty((len(x), *result.shape[1:]))
+        out[start : start + len(chunk)] = result
+    return out if out is not None else fn(x)
 
 
 def report_dir_path(ckpt: Optional[str], name: str, out: Optional[str]) -> Path:
