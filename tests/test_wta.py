@@ -24,6 +24,24 @@ def test_lifetime_winners_keep_each_map_in_its_top_fraction_of_the_batch():
     assert torch.equal(kept, peaks >= peaks.topk(4, dim=0).values[-1:])
 
 
+@pytest.mark.parametrize("activation,channels", [("relu", 1), ("tanh", 2), (None, 1)])
+def test_the_encoders_peaks_have_the_values_and_gradients_of_the_dense_maps_maximum(activation, channels):
+    torch.manual_seed(0)
+    encoder = ConvMapEncoder(16, kernel_size=5, activation=activation, in_channels=channels)
+    x = torch.rand(8, channels, 12, 12)
+    weights = torch.randn(8, 16)
+    values, positions = encoder.peaks(x)  # found without autograd, recomputed from the peaks' patches
+    fast = torch.autograd.grad((values * weights).sum(), list(encoder.parameters()))
+    dense_values, dense_positions = spatial_winners(encoder(x))  # autograd through the full maps: the oracle
+    dense = torch.autograd.grad((dense_values * weights).sum(), list(encoder.parameters()))
+    assert torch.allclose(values, dense_values, atol=1e-6)
+    live = dense_values > 0  # where every value of a map is 0 after a ReLU, any position is its peak
+    assert torch.equal(positions[live], dense_positions[live])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast, dense))
+    stacked = ConvMapEncoder(16, hidden_channels=[4], kernel_size=3)  # more than one layer: the dense maps' maximum
+    assert all(torch.equal(a, b) for a, b in zip(stacked.peaks(x[:, :1]), spatial_winners(stacked(x[:, :1]))))
+
+
 @pytest.mark.parametrize("kernel,channels", [(11, 1), (5, 3)])
 def test_painting_the_winners_is_the_transposed_convolution_of_the_sparse_maps(kernel, channels):
     torch.manual_seed(0)

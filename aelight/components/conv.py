@@ -4,10 +4,14 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aelight.components.mlp import activation as make_activation
 from aelight.components.mlp import check_sizes, logit
+
+# activations that never decrease: a map's largest value is the activation of its largest input
+NON_DECREASING = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Identity)
 
 
 class ConvEncoder(nn.Module):
@@ -123,6 +127,22 @@ class ConvMapEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def peaks(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each map's largest value per image and its flat position (both B x maps), as
+        ``forward(x).flatten(2).max(2)`` gives them. With one convolution and a non-decreasing
+        activation, and gradients wanted, the positions are found without autograd and each peak
+        is recomputed from its own input patch: backward then costs the peaks' patches instead of
+        the full maps (most of a winner-take-all training step with a thousand maps)."""
+        conv, act = self.net[0], self.net[-1]
+        if len(self.net) != 2 or not isinstance(act, NON_DECREASING) or not torch.is_grad_enabled():
+            return self(x).flatten(2).max(2)
+        with torch.no_grad():
+            positions = conv(x).flatten(2).argmax(2)
+        patches = F.unfold(x, conv.kernel_size, padding=conv.padding)  # B x (C * k * k) x positions
+        at_peak = patches.gather(2, positions[:, None, :].expand(-1, patches.shape[1], -1))
+        values = torch.einsum("bkm,mk->bm", at_peak, conv.weight.flatten(1)) + conv.bias
+        return act(values), positions
 
 
 class ConvMapDecoder(nn.Module):

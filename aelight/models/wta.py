@@ -61,7 +61,8 @@ class WTAAE(AE):
         spatial and lifetime winners. Otherwise each image keeps its strongest ``lifetime_sparsity``
         share of maps, as many as training showed the decoder on average, so that evaluation does not
         depend on the batch and val/loss tracks training."""
-        peaks, positions = spatial_winners(self.encoder(x))
+        peaks_of = getattr(self.encoder, "peaks", None)  # ConvMapEncoder's: gradients through the peaks alone
+        peaks, positions = peaks_of(x) if peaks_of else spatial_winners(self.encoder(x))
         if self.lifetime_sparsity == 1:
             return peaks, positions
         if self.training:
