@@ -72,8 +72,11 @@ def test_reduce_and_features_commands(trained, tiny_data):
     header, *points = open(metadata).read().splitlines()
     assert header == "label\trecon_error" and len(points) == 50
     assert all(0 <= float(p.split("\t")[1]) < 1 for p in points)
-    run("features", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--max_iter=200"])
-    assert 0.1 < read_report(trained["ae"], "features")["logistic_regression_test_accuracy"] <= 1
+    run("features", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--max_iter=200", "--C", "0.001", "1"])
+    report = read_report(trained["ae"], "features")
+    assert 0.1 < report["logistic_regression_test_accuracy"] <= 1
+    assert set(report["validation_accuracy"]) == {"0.001", "1.0"}  # one figure per C, on the validation split
+    assert report["C"] == max([0.001, 1.0], key=lambda c: report["validation_accuracy"][str(c)])
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/features/confusion.png"))
 
 
@@ -220,7 +223,10 @@ class ByLabel(torch.nn.Module):
 
     def __init__(self, sign: float):
         super().__init__()
-        self.sign = sign
+        self.sign, self.scorer_fitted_on = sign, None
+
+    def fit_scorer(self, normal, held_out):
+        self.scorer_fitted_on = (normal, held_out)
 
     def anomaly_score(self, x):
         return self.sign * x.flatten(1)[:, 0]
@@ -231,7 +237,8 @@ class FakeData:
         labels = torch.arange(100) % 10
         images = torch.zeros(100, 28, 28, dtype=torch.uint8)
         images[:, 0, 0] = (labels != digit).to(torch.uint8) * 255
-        self.splits = {"test": (images, labels), "val": (images[labels == digit], labels[labels == digit])}
+        normal = (images[labels == digit], labels[labels == digit])
+        self.splits = {"test": (images, labels), "val": normal, "train": normal}
 
     def split_tensors(self, split):
         return self.splits[split]
@@ -239,8 +246,11 @@ class FakeData:
 
 @pytest.mark.parametrize("sign,expected", [(1.0, 1.0), (-1.0, 0.0)])
 def test_perfect_and_reversed_anomaly_scorers(sign, expected):
-    result, _, _ = anomaly.evaluate_digit(ByLabel(sign), FakeData(3), 3, "cpu", percentile=95)
+    model = ByLabel(sign)
+    result, _, _ = anomaly.evaluate_digit(model, FakeData(3), 3, "cpu", percentile=95)
     assert result["auroc"] == pytest.approx(expected)
+    normal, held_out = model.scorer_fitted_on  # the score saw normal images only, before scoring
+    assert len(normal) == len(held_out) == 10 and normal.abs().sum() == held_out.abs().sum() == 0
     if sign > 0:
         assert result["precision"] == 1.0 and result["recall"] == 1.0
 
@@ -250,6 +260,25 @@ def test_knn_on_separable_codes_is_perfect():
     labels = rng.integers(0, 10, 500)
     codes = np.stack([labels * 10.0, -labels * 10.0], 1) + rng.normal(0, 0.5, (500, 2))
     assert represent.knn_accuracy(codes[:400], labels[:400], codes[400:], labels[400:]) == 1.0
+
+
+def test_the_probe_regularisation_is_chosen_on_the_validation_rows_and_leaves_the_codes_as_they_were():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    codes = rng.normal(0, 1, (600, 40)) + labels[:, None] * rng.normal(0, 0.3, 40)
+    before = codes.copy()
+    Cs = [1e-4, 1e-2, 1.0]
+    chosen, accuracies = represent.chosen_C(codes, labels, 200, Cs, max_iter=500)
+    for C in Cs:  # the oracle: fitted on the first 400 rows, scored on the last 200
+        scaler = StandardScaler().fit(before[:400])
+        clf = LogisticRegression(C=C, max_iter=500).fit(scaler.transform(before[:400]), labels[:400])
+        assert accuracies[C] == pytest.approx(clf.score(scaler.transform(before[400:]), labels[400:]))
+    assert len(set(accuracies.values())) > 1
+    assert chosen == max(Cs, key=accuracies.__getitem__)
+    np.testing.assert_array_equal(codes, before)
 
 
 def test_psnr_of_identical_images_is_infinite_and_known_otherwise():

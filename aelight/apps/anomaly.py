@@ -52,7 +52,7 @@ class PixelNearestNeighbour:
     """The baseline without learning: an image's score is its Euclidean distance to the nearest of
     the normal training images, in raw pixels."""
 
-    def __init__(self, normal: torch.Tensor):
+    def fit_scorer(self, normal: torch.Tensor, held_out: torch.Tensor) -> None:
         self.normal = normal.flatten(1).float()
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +65,7 @@ def pixel_baseline(args, digit: int):
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
-    normal, _ = common.images_and_labels(dm, "train", args.device)
-    return PixelNearestNeighbour(normal), dm
+    return PixelNearestNeighbour(), dm
 
 
 def train_one_class(args, digit: int):
@@ -90,8 +89,7 @@ def log_to_run(trainer, result: dict) -> None:
 def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
     test, labels = common.images_and_labels(dm, "test", device)
     val, _ = common.images_and_labels(dm, "val", device)  # normal images only (data.classes)
-    if hasattr(model, "fit_scorer"):  # a score with a memory of normal images (RestorationAE's neighbours)
-        model.fit_scorer(common.images_and_labels(dm, "train", device)[0], val)
+    model.fit_scorer(common.images_and_labels(dm, "train", device)[0], val)
     torch.manual_seed(0)  # the VAE's score draws posterior samples
     scores = common.batched(model.anomaly_score, test).float()
     val_scores = common.batched(model.anomaly_score, val).float()

@@ -144,6 +144,11 @@ class AE(L.LightningModule):
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
+    def fit_scorer(self, normal: Tensor, held_out: Tensor) -> None:
+        """Called by ``aelight anomaly`` after training, before any scoring: the normal training
+        images and held-out normal (validation) images, for a score that remembers or calibrates on
+        them (RestorationAE's neighbours). The reconstruction error needs neither."""
+
     @torch.no_grad()
     def anomaly_score(self, x: Tensor) -> Tensor:
         """Per-image score, higher = more anomalous: the reconstruction's mean squared error."""
