@@ -1,5 +1,6 @@
 """The attribute-restoration autoencoder: its views, its training input, its relative score."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,33 @@ def test_training_restores_turned_images_and_evaluation_scores_every_view(batch)
 def test_unknown_views_or_score_is_one_line(kwargs):
     with pytest.raises(ConfigError):
         small_model(**kwargs)
+
+
+def test_the_memory_score_adds_the_standardised_error_and_nearest_code_distance(batch):
+    from sklearn.neighbors import NearestNeighbors
+
+    torch.manual_seed(0)
+    model = RestorationAE(ConvEncoder(16, channels=(8, 16)), ConvDecoder(16, channels=(16, 8)), neighbours=3)
+    model.eval()
+    normal, held_out, queries = batch[:32], batch[32:48], batch[48:]
+    model.fit_scorer(normal, held_out)
+
+    def oracle_parts(x):  # each view encoded and decoded by hand, in float64
+        with torch.no_grad():
+            codes = [model.encode(oriented(x, v)) for v in range(4)]
+            errors = torch.stack([relative_error(model.decode(c), x) for c in codes]).mean(0)
+        joined = torch.cat(codes, 1).double().numpy()
+        return errors.double().numpy(), joined / np.linalg.norm(joined, axis=1, keepdims=True)
+
+    _, memory = oracle_parts(normal)
+    knn = NearestNeighbors(n_neighbors=3).fit(memory)
+    val_error, val_codes = oracle_parts(held_out)
+    val_distance = knn.kneighbors(val_codes)[0].mean(1)
+    error, codes = oracle_parts(queries)
+    distance = knn.kneighbors(codes)[0].mean(1)
+
+    def z(values, reference):
+        return (np.log(values) - np.log(reference).mean()) / np.log(reference).std(ddof=1)
+
+    expected = z(error, val_error) + z(distance, val_distance)
+    assert np.allclose(model.anomaly_score(queries).numpy(), expected, atol=1e-3)

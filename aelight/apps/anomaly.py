@@ -163,7 +163,7 @@ def score_name(model) -> str:
         return "distance to the nearest normal training image (raw pixels)"
     if hasattr(model, "sample"):
         return "-ELBO (nats)"
-    if getattr(model, "restoration_error", None) is None:
+    if getattr(model, "error_and_codes", None) is None:
         return "reconstruction MSE"
     error = "relative restoration error" if model.score == "relative" else "restoration MSE"
     if model.neighbours:

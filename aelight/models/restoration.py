@@ -115,18 +115,17 @@ class RestorationAE(AE):
             terms["loss"] = terms["restoration_mse"] = (restored.float() - x.float()).pow(2).mean()
         return terms
 
-    def view_codes(self, x: Tensor) -> Tensor:
-        """The codes of every view of each image side by side, scaled to unit length."""
-        return F.normalize(torch.cat([self.encode(oriented(x, v)).float() for v in range(self.views)], 1), dim=1)
-
     @torch.no_grad()
-    def restoration_error(self, x: Tensor) -> Tensor:
-        """Per image, the error of the restorations of its views (``score``), averaged over them."""
+    def error_and_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per image, the error of the restorations of its views (``score``), averaged over them, and
+        the codes of its views side by side, scaled to unit length; each view encoded once."""
+        codes = [self.encode(oriented(x, v)) for v in range(self.views)]
+        restored = [self.decode(code) for code in codes]
         if self.score == "relative":
-            per_view = [relative_error(r, x) for r in self.restorations(x)]
+            per_view = [relative_error(r, x) for r in restored]
         else:
-            per_view = [(r.float() - x.float()).pow(2).flatten(1).mean(1) for r in self.restorations(x)]
-        return torch.stack(per_view).mean(0)
+            per_view = [(r.float() - x.float()).pow(2).flatten(1).mean(1) for r in restored]
+        return torch.stack(per_view).mean(0), F.normalize(torch.cat([c.float() for c in codes], 1), dim=1)
 
     @torch.no_grad()
     def fit_scorer(self, normal: Tensor, held_out: Tensor, batch_size: int = 1000) -> None:
@@ -134,19 +133,19 @@ class RestorationAE(AE):
         two terms of the score by their logs' mean and spread over ``held_out`` normal images."""
         if not self.neighbours:
             return
-        self.memory = torch.cat([self.view_codes(b) for b in normal.split(batch_size)])
-        error = torch.cat([self.restoration_error(b) for b in held_out.split(batch_size)])
-        codes = torch.cat([self.view_codes(b) for b in held_out.split(batch_size)])
+        self.memory = torch.cat([self.error_and_codes(b)[1] for b in normal.split(batch_size)])
+        scored = [self.error_and_codes(b) for b in held_out.split(batch_size)]
+        error, codes = torch.cat([e for e, _ in scored]), torch.cat([c for _, c in scored])
         distance = nearest_distance(codes, self.memory, self.neighbours)
         self.scales = (Standardizer.fit(error), Standardizer.fit(distance))
 
     @torch.no_grad()
     def anomaly_score(self, x: Tensor) -> Tensor:
-        error = self.restoration_error(x)
+        error, codes = self.error_and_codes(x)
         if self.memory is None:
             return error
         error_scale, distance_scale = self.scales
-        distance = nearest_distance(self.view_codes(x), self.memory.to(x.device), self.neighbours)
+        distance = nearest_distance(codes, self.memory.to(x.device), self.neighbours)
         return error_scale(error) + distance_scale(distance)
 
     def preview(self, x: Tensor) -> list[tuple[str, Tensor]]:
