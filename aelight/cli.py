@@ -134,7 +134,9 @@ class AELightCLI(LightningCLI):
         if subcommand and cfg.get("ckpt_path"):
             logger = cfg.trainer.logger
             cfg.ckpt_path = self._resolve_ckpt(cfg.ckpt_path, logger if _is_tensorboard(logger) else None)
-            checkpoint = trust.load_checkpoint(cfg.ckpt_path, weights_only=cfg.weights_only)
+            # classes this command's own config or command line names are trusted like the config itself
+            named = trust.named_classes(cfg.clone().as_dict())
+            checkpoint = trust.load_checkpoint(cfg.ckpt_path, weights_only=cfg.weights_only, named=named)
             self._checkpoint_shapes = weight_shapes(checkpoint["state_dict"])
             self._config_from_checkpoint(subcommand, checkpoint)
 

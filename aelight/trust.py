@@ -10,7 +10,9 @@ is checked against an allow-list *before* anything is imported:
 - ``torch.optim`` optimizers and ``torch.optim.lr_scheduler`` schedulers,
 - ``lightning.pytorch.cli.instantiate_module``, the instantiator LightningCLI records,
 - modules the user names in ``AELIGHT_TRUSTED_MODULES`` (comma-separated, e.g. ``mylab.variants``)
-  for variants of their own.
+  for variants of their own,
+- the classes that the command's own config or command line names (``aelight test --model
+  mylab.variants.L1AE --ckpt_path best``): the user chose to run them already.
 
 Configs (YAML files and command-line values) are not checked: a ``class_path`` there is code the
 user chose to run, like a Python script.
@@ -77,8 +79,9 @@ def trusted_modules() -> tuple[str, ...]:
     return tuple(n.strip() for n in names.split(",") if n.strip())
 
 
-def is_allowed(class_path: str) -> bool:
-    if class_path in allowed_classes():
+def is_allowed(class_path: str, named: frozenset = frozenset()) -> bool:
+    """``named``: the class paths the running command's own config names, trusted like it."""
+    if class_path in allowed_classes() or class_path in named:
         return True
     module = class_path.rpartition(".")[0]
     return any(module == m or module.startswith(m + ".") for m in trusted_modules())
@@ -114,54 +117,77 @@ def _data_keys(class_path: Optional[str]) -> set[str]:
     return keys
 
 
-def _untrusted(value, where: str, code: bool, owner: Optional[str] = None) -> Optional[tuple[str, str]]:
+def _untrusted(
+    value, where: str, code: bool, owner: Optional[str] = None, named: frozenset = frozenset()
+) -> Optional[tuple[str, str]]:
     """The first (class path, location) in ``value`` that is not allowed. ``code``: this value is
     typed as something other than plain data, so a dotted string there could be imported.
     ``owner``: the class whose arguments a dict holds, when it names none itself."""
     if isinstance(value, dict):
         for key in CLASS_PATH_KEYS:
             path = value.get(key)
-            if path is not None and (not isinstance(path, str) or not is_allowed(path)):
+            if path is not None and (not isinstance(path, str) or not is_allowed(path, named)):
                 return str(path), f"{where}.{key}" if where else key
         owner = value.get("_class_path") or value.get("class_path") or owner
         data = _data_keys(owner) if isinstance(owner, str) else set()
         for key, item in value.items():
             if key in CLASS_PATH_KEYS:
                 continue
-            found = _untrusted(item, f"{where}.{key}" if where else str(key), code or str(key) not in data)
+            found = _untrusted(item, f"{where}.{key}" if where else str(key), code or str(key) not in data, named=named)
             if found:
                 return found
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = _untrusted(item, f"{where}[{i}]", code)
+            found = _untrusted(item, f"{where}[{i}]", code, named=named)
             if found:
                 return found
-    elif isinstance(value, str) and code and DOTTED.match(value) and not is_allowed(value):
+    elif isinstance(value, str) and code and DOTTED.match(value) and not is_allowed(value, named):
         return value, where
     return None
 
 
-def check_classes(checkpoint: dict, path) -> None:
-    """Raises ``UntrustedCheckpointError`` if the checkpoint names a class outside the allow-list."""
+def check_classes(checkpoint: dict, path, named: frozenset = frozenset()) -> None:
+    """Raises ``UntrustedCheckpointError`` if the checkpoint names a class outside the allow-list
+    and outside ``named`` (the classes the running command's own config names)."""
     for key, owner in HPARAM_KEYS.items():
         hparams = checkpoint.get(key)
         if hparams is None:
             continue
-        found = _untrusted(hparams, "", code=False, owner=owner) if isinstance(hparams, dict) else (repr(hparams), key)
+        if isinstance(hparams, dict):
+            found = _untrusted(hparams, "", code=False, owner=owner, named=named)
+        else:
+            found = (repr(hparams), key)
         if found:
             class_path, where = found
             raise UntrustedCheckpointError(
                 f"checkpoint {path} refused: it names {class_path!r} (at {key}.{where}), which is not an aelight, "
                 f"torch.optim or torch.optim.lr_scheduler class, so nothing was imported from it. If it is a "
-                f"variant of your own, name its module in {TRUSTED_MODULES_ENV}"
+                f"class of your own, name it in the command's config or options (e.g. --model for a model) or its "
+                f"module in {TRUSTED_MODULES_ENV}"
             )
 
 
-def load_checkpoint(path, map_location="cpu", weights_only: bool = True) -> dict:
-    """A checkpoint loaded weights-only (or as asked), its class paths checked; clear errors otherwise."""
+def load_checkpoint(path, map_location="cpu", weights_only: bool = True, named: frozenset = frozenset()) -> dict:
+    """A checkpoint loaded weights-only (or as asked), its class paths checked (``named``: classes the
+    running command's own config names, trusted too); clear errors otherwise."""
     checkpoint = SafeCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-    check_classes(checkpoint, path)
+    check_classes(checkpoint, path, named)
     return checkpoint
+
+
+def named_classes(config) -> frozenset:
+    """Every ``class_path`` value in a command's parsed config (nested dicts and lists)."""
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("class_path"), str):
+                found.add(value["class_path"])
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return frozenset(found)
 
 
 def model_class(checkpoint: dict, path) -> type:

@@ -191,6 +191,19 @@ def test_a_users_own_module_can_be_trusted_explicitly(fitted, tmp_path, monkeypa
     assert trust.load_checkpoint(evil)["hyper_parameters"]["encoder"]["class_path"] == "evilmark.Enc"
 
 
+def test_a_class_the_command_names_itself_is_trusted_in_its_checkpoints(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("AELIGHT_TRUSTED_MODULES", raising=False)
+    variant = ["--model=tests.user_variants.L1AE", "--model.l1=0.01"]
+    main(tiny_args(tiny_data, tmp_path, "fit", *variant))
+    checkpoint = run_dirs(tmp_path, "l1ae")[0] / "checkpoints" / "best.ckpt"
+    main(tiny_args(tiny_data, tmp_path, "test", *variant, "--ckpt_path=best"))  # no AELIGHT_TRUSTED_MODULES
+    assert "test/mse" in capsys.readouterr().out
+    # a command that names another class still refuses the checkpoint, before importing anything
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_args(tiny_data, tmp_path, "test", CONFIG, f"--ckpt_path={checkpoint}"))
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "'tests.user_variants.L1AE'", "refused")
+
+
 # --- runs never collide and never lose their record -----------------------------------------------------
 
 
