@@ -207,3 +207,21 @@ def test_contractive_ae_learns_and_contracts(batch):
     expected = (terms["recon_mse"] + 0.1 * terms["jacobian_norm_sq"]).item()
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
     assert terms["jacobian_norm_sq"] < 0.5 * plain_jacobian  # the penalty keeps the encoder flat around the data
+
+
+def test_vae_kl_and_likelihoods_match_torch_distributions_on_random_inputs():
+    """Against torch.distributions, written apart from the model's own formulas."""
+    from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(16, 8) * 2, torch.randn(16, 8)
+    posterior = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+    prior = Independent(Normal(torch.zeros(8), torch.ones(8)), 1)
+    torch.testing.assert_close(VAE.kl_divergence(mu, logvar), kl_divergence(posterior, prior))
+    x, logits = torch.rand(16, 1, 28, 28), torch.randn(16, 1, 28, 28) * 3
+    gaussian = VAE(likelihood="gaussian", gaussian_std=0.3)
+    expected = -Independent(Normal(torch.sigmoid(logits).flatten(1), 0.3), 1).log_prob(x.flatten(1))
+    torch.testing.assert_close(gaussian.reconstruction_nll(x, logits), expected)
+    binary = (x > 0.5).float()
+    expected = -Independent(Bernoulli(logits=logits.flatten(1)), 1).log_prob(binary.flatten(1))
+    torch.testing.assert_close(VAE().reconstruction_nll(binary, logits), expected)
