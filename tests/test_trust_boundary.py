@@ -369,6 +369,52 @@ def test_evaluation_into_a_read_only_run_folder_fails_before_any_work(tiny_data,
         subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
 
 
+def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previous_one(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    """The full disk without a mount: the OSError is injected where the checkpoint's bytes are written."""
+    import errno
+
+    from aelight import checkpoint_io
+
+    logs = tmp_path / "logs"
+    main(tiny_args(tiny_data, logs, "fit", CONFIG))
+    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+
+    def save_until_full(checkpoint, f):
+        f.write(b"\0" * 1024)  # part of the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", save_until_full)
+    argv = tiny_args(tiny_data, logs, "fit", CONFIG, "--ckpt_path=last", epochs=3)
+    code, err = exit_code_and_stderr(main, argv, capsys)
+    assert_one_line_error(code, err, "is full", str(last.parent))
+    assert last.read_bytes() == good
+    assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_evaluation_into_a_read_only_folder_fails_before_any_work_without_a_mount(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    """The read-only file system without a mount: the OSError is injected at the writability check's write."""
+    import errno
+
+    from aelight import safe_files
+
+    logs = tmp_path / "logs"
+    main(tiny_args(tiny_data, logs, "fit", CONFIG))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(safe_files.tempfile, "TemporaryFile", read_only)
+    for sub in ("test", "predict", "validate"):
+        code, err = exit_code_and_stderr(main, tiny_args(tiny_data, logs, sub, CONFIG, "--ckpt_path=best"), capsys)
+        assert_one_line_error(code, err, "is not writable (Read-only file system)")
+        assert "Testing" not in err and "Predicting" not in err and "Validation" not in err
+
+
 def test_application_commands_check_their_output_folders_before_any_work(fitted, tiny_data, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
