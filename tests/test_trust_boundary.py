@@ -324,51 +324,6 @@ def test_sigterm_mid_training_exits_143_and_the_run_resumes(tiny_data, tmp_path)
     assert torch.load(last, weights_only=True)["epoch"] == epoch + 1
 
 
-@pytest.fixture
-def small_mount(tmp_path):
-    """A 4 MB tmpfs (a real full disk or read-only file system, even for root); skipped where
-    mounting is not allowed."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)],
-                                           capture_output=True).returncode:  # fmt: skip
-        pytest.skip("needs permission to mount a tmpfs")
-    yield point
-    subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
-def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, small_mount):
-    logs = small_mount / "logs"
-    main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml"))
-    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
-    good = last.read_bytes()
-    with open(small_mount / "filler", "wb") as f:  # take what is left of the disk
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    code, _, err = finish(start(aelight_cmd(*tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml",
-                                                       "--ckpt_path=last", epochs=3))))  # fmt: skip
-    assert_one_line_error(code, err, "the disk is full", str(logs / "ae" / "version_0"))
-    assert last.read_bytes() == good
-    assert not list(last.parent.glob(".*.tmp"))
-
-
-def test_evaluation_into_a_read_only_run_folder_fails_before_any_work(tiny_data, small_mount, capsys):
-    logs = small_mount / "logs"
-    main(tiny_args(tiny_data, logs, "fit", CONFIG))
-    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
-    try:
-        for sub in ("test", "predict", "validate"):
-            code, err = exit_code_and_stderr(main, tiny_args(tiny_data, logs, sub, CONFIG, "--ckpt_path=best"), capsys)
-            assert code == 1 and "is not writable (Read-only file system)" in err, err
-            assert "Testing" not in err and "Predicting" not in err and "Validation" not in err
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
-
-
 def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previous_one(
     tiny_data, tmp_path, monkeypatch, capsys
 ):
@@ -395,15 +350,14 @@ def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previo
 
 
 def test_evaluation_into_a_read_only_folder_fails_before_any_work_without_a_mount(
-    tiny_data, tmp_path, monkeypatch, capsys
+    fitted, tiny_data, monkeypatch, capsys
 ):
     """The read-only file system without a mount: the OSError is injected at the writability check's write."""
     import errno
 
     from aelight import safe_files
 
-    logs = tmp_path / "logs"
-    main(tiny_args(tiny_data, logs, "fit", CONFIG))
+    logs = fitted["logs"]
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
