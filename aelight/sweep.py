@@ -60,7 +60,7 @@ SPARE = "spare"  # user attribute of a trial a worker asked for when the spec's 
 # metrics (the name after the stage) that are better higher; any other is better lower
 HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", "ssim", "elbo", "denoise_psnr",
                     "denoise_ssim", "accuracy", "logistic_regression_test_accuracy", "knn5_test_accuracy",
-                    "autoencoder_minus_filter_psnr_db", "mean_top_class_confidence"}  # fmt: skip
+                    "knn5_val_accuracy", "autoencoder_minus_filter_psnr_db", "mean_top_class_confidence"}  # fmt: skip
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
 HEARTBEAT_S, GRACE_S = 30, 180  # Optuna's heartbeats: a running trial's worker records one every 30 s

@@ -65,7 +65,9 @@ def test_denoise_command(trained, tiny_data):
 def test_reduce_and_features_commands(trained, tiny_data):
     run("reduce", *["--ckpt_path", trained["ae"], *tiny(tiny_data), "--projector_images=50"])
     report = read_report(trained["ae"], "reduce")
-    assert report["code_size"] == 32 and 0.1 < report["knn5_test_accuracy"] <= 1
+    assert (
+        report["code_size"] == 32 and 0.1 < report["knn5_test_accuracy"] <= 1 and 0.1 < report["knn5_val_accuracy"] <= 1
+    )
     projector = trained["ae"].replace("checkpoints/best.ckpt", "apps/reduce/*/test_codes/")
     assert glob.glob(projector + "sprite.png")
     (metadata,) = glob.glob(projector + "metadata.tsv")  # each point's label and reconstruction error

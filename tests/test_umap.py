@@ -6,8 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from aelight.components import MLPDecoder, MLPEncoder
+from aelight.components import MLPDecoder, MLPEncoder, deskewed
 from aelight.data import MNISTDataModule
+from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError
 from aelight.models import UMAPAE
 from aelight.neighbor_graph import curve_parameters, fuzzy_graph, membership_strengths, nearest_neighbors
@@ -93,3 +94,18 @@ def test_fit_builds_the_graph_and_validation_scores_the_whole_objective(tiny_dat
     first = float(metrics["val/embedding"])
     trainer.validate(model, data, verbose=False)  # the same seeded edges each time
     assert float(trainer.callback_metrics["val/embedding"]) == pytest.approx(first)
+
+
+def test_a_deskewed_graph_is_built_on_deskewed_training_images(tiny_data, tmp_path):
+    encoder, decoder = MLPEncoder(2, [32], final_activation=None), MLPDecoder(2, [32])
+    model = UMAPAE(encoder, decoder, n_neighbors=5, graph_space="deskewed")
+    data = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=50)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, data)
+    images = to_float_images(model.graph_images)
+    for built, expected in zip(model.edges, fuzzy_graph(deskewed(images), 5)):
+        assert torch.equal(built, expected)
+    assert not torch.equal(model.edges[0], fuzzy_graph(images, 5)[0])  # not the raw pixels' graph
+    with pytest.raises(ConfigError, match="graph_space must be 'pixels' or 'deskewed'"):
+        UMAPAE(MLPEncoder(2, [32]), MLPDecoder(2, [32]), graph_space="moments")

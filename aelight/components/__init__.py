@@ -6,6 +6,16 @@ Decoders return logits; the model applies the output link (a sigmoid for pixels 
 """
 
 from aelight.components.conv import ConvDecoder, ConvEncoder, ConvMapDecoder, ConvMapEncoder
+from aelight.components.deskew import Deskewed, deskewed
 from aelight.components.mlp import MLPDecoder, MLPEncoder
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ConvMapEncoder", "ConvMapDecoder"]
+__all__ = [
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "ConvMapEncoder",
+    "ConvMapDecoder",
+    "Deskewed",
+    "deskewed",
+]

