@@ -135,11 +135,15 @@ def load_spec(path: str) -> dict:
         raise ConfigError(f"sweep spec {path}: a search needs trials: N, a whole number of settings to try")
     if not spec["config"] and "config" not in spec["grid"]:
         raise ConfigError(f"sweep spec {path}: name the base config(s) with config: or grid: {{config: [...]}}")
+    spec["config_files"] = {}  # each config as the spec writes it -> the file it names
     for config in [*spec["config"], *spec["grid"].get("config", [])]:
-        if not isinstance(config, str) or not Path(config).is_file():
+        found = config_file(path, config) if isinstance(config, str) else None
+        if found is None:
             raise ConfigError(
-                f"sweep spec {path}: config file {config} not found (paths are relative to where aelight runs)"
+                f"sweep spec {path}: config file {config} not found (looked beside the spec, in "
+                f"{Path(path).parent.absolute()}, then in the current folder)"
             )
+        spec["config_files"][config] = found
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
         raise ConfigError(f"sweep spec {path}: seeds must be whole numbers")
     spec.setdefault("metric", "auroc" if spec["command"] == "anomaly" else "test/mse")
@@ -154,6 +158,15 @@ def load_spec(path: str) -> dict:
     if not all(isinstance(m, str) for m in spec["report"]):
         raise ConfigError(f"sweep spec {path}: metric and report name logged metrics, e.g. test/mse")
     return spec
+
+
+def config_file(spec_path: str, config: str) -> Optional[str]:
+    """The file a spec's ``config:`` entry names: relative to the spec file's folder, then to the
+    current folder (or absolute); None if neither holds it."""
+    for candidate in (Path(spec_path).parent / config, Path(config)):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def _is_link(link, varied: set) -> bool:
@@ -209,7 +222,8 @@ def trial_commands(spec: dict, params: dict, seed: int, run_root: Path, extra: l
     configs = [*spec["config"], *([params["config"]] if "config" in params else [])]
     options = [_option(k, v) for k, v in params.items() if k not in ("config", "seed")]
     options += [_option(target, _linked_value(link, params)) for target, link in spec["link"].items()]
-    common = [*(f"--config={c}" for c in configs), *spec["options"], *options, *extra]
+    files = spec.get("config_files", {})
+    common = [*(f"--config={files.get(c, c)}" for c in configs), *spec["options"], *options, *extra]
     logged = [f"--trainer.logger.init_args.save_dir={run_root}", "--trainer.enable_progress_bar=false"]
     if spec["command"] == "anomaly":
         return [["anomaly", *common, *logged, f"--seed_everything={seed}", f"--out={run_root / f'report_seed{seed}'}"]]
@@ -734,7 +748,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aelight sweep",
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
-        "The spec's keys: config (base config files), grid ({option: [values]}, config files too),\n"
+        "The spec's keys: config (base config files, found beside the spec, then in the current folder),\n"
+        "grid ({option: [values]}, config files too),\n"
         "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
         "per seed), link ({option: grid or search option whose value it takes, or {from: option, times: k}}),\n"
         "seeds, metric, direction (default: up for scores such as auroc, psnr, ssim, elbo; down for errors\n"

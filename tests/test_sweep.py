@@ -184,6 +184,23 @@ def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
     assert sweep.left_to_start(study, GRID) == 0
 
 
+def test_spec_configs_are_found_beside_the_spec_then_in_the_current_folder(tmp_path, monkeypatch):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "mine.yaml").write_text("trainer: {max_epochs: 1}\n")
+    (tmp_path / "here.yaml").write_text("trainer: {max_epochs: 2}\n")
+    (lab / "spec.yaml").write_text("config: mine.yaml\ngrid: {config: [here.yaml]}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)  # here.yaml is in the current folder, mine.yaml beside the spec
+    spec = sweep.load_spec(str(lab / "spec.yaml"))
+    fit = sweep.trial_commands(spec, {"config": "here.yaml"}, 0, tmp_path / "runs", [])[0]
+    assert f"--config={lab / 'mine.yaml'}" in fit and "--config=here.yaml" in fit
+    monkeypatch.chdir(elsewhere)  # from another folder, the one beside the spec is still found; here.yaml is not
+    with pytest.raises(ConfigError, match="config file here.yaml not found .looked beside the spec"):
+        sweep.load_spec(str(lab / "spec.yaml"))
+
+
 def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the specs name config files relative to where aelight runs
     variants = sweep.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
