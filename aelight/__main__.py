@@ -1,3 +1,3 @@
-from aelight.cli import main
+from aelight.commands import main
 
 main()

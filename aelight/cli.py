@@ -14,8 +14,6 @@ import sys
 import threading
 from typing import Optional
 
-import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -27,16 +25,15 @@ from aelight.callbacks.progress import OptimizerStepProgressBar
 from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
-from aelight.errors import AelightError, ConfigError
+from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
 from aelight.loggers import TensorBoardRun
 from aelight.models import AE
-from aelight.runtime import PARENT_ENV, quiet_library_notices, skip_repeated_gpu_probe, stop_with_parent
+from aelight.runtime import PRUNED_EXIT
 
 CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-PRUNED_EXIT = 3  # a run of aelight sweep that its pruning callback stopped
 # The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
 # the same command line (they must log into the same folder, not claim their own).
 RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"
@@ -313,31 +310,9 @@ def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
 
 
 def user_error(err: BaseException) -> Optional[str]:
-    """The one-line message for an exception that is a user's mistake (also when jsonargparse or
-    Lightning wrapped it), or None for a bug, which keeps its traceback."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, AelightError):
-            return str(err)
-        if isinstance(err, OSError) and err.errno in (*safe_files.NO_SPACE, errno.EROFS):
-            where = err.filename or (_output_folder[0] if _output_folder else None)
-            reason = "the disk is full" if err.errno in safe_files.NO_SPACE else "the file system is read-only"
-            return (
-                f"could not write the run's output{f' in {where}' if where else ''}: {reason}; checkpoints "
-                "written before are intact. Free space or choose another folder with "
-                "--trainer.logger.init_args.save_dir DIR"
-            )
-        if isinstance(err, MisconfigurationException):
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if "gpu" in message.lower() and not torch.cuda.is_available():
-                message += (
-                    "; this machine has no usable GPU: train on the CPU with --config configs/trainer/cpu.yaml "
-                    "(or --trainer.accelerator cpu)"
-                )
-            return message
-        err = err.__cause__ or err.__context__
-    return None
+    """The one-line message for a user's mistake (``aelight.errors.user_message``), a full or
+    read-only disk reported for the run's output folder."""
+    return user_message(err, where=_output_folder[0] if _output_folder else None)
 
 
 def _quiet_output_errors_in_threads(args) -> None:
@@ -351,62 +326,15 @@ def _quiet_output_errors_in_threads(args) -> None:
 _default_thread_excepthook = threading.excepthook
 
 
-TRAINING_COMMANDS = {
-    "fit": "train a model: aelight fit --config configs/ae.yaml --data.data_dir data/",
-    "validate": "evaluate a checkpoint on the validation split",
-    "test": "evaluate a checkpoint on the test set: aelight test --config configs/ae.yaml --ckpt_path best",
-    "predict": "write the test set's codes and reconstructions to <run>/predictions.pt",
-}
-
-
-def overview() -> str:
-    """What ``aelight --help`` prints: every command, one line each."""
-    from aelight.apps import APPLICATIONS
-
-    lines = [
-        "usage: aelight COMMAND [OPTIONS]",
-        "",
-        "Autoencoder experiments on MNIST with PyTorch Lightning.",
-        "",
-        "Training and evaluation (runs under lightning_logs/<name>/version_N/):",
-        *(f"  {name:<10}{text}" for name, text in TRAINING_COMMANDS.items()),
-        "",
-        "Applications of a trained checkpoint (reports under <run>/apps/<command>/):",
-        *(f"  {name:<10}{text}" for name, (_, _, text) in APPLICATIONS.items()),
-        "",
-        "Many runs:",
-        f"  {'sweep':<10}a grid or search from a YAML spec, on every device (Optuna):",
-        f"  {'':<10}aelight sweep configs/sweeps/variants.yaml --data.data_dir data/",
-        "",
-        "`aelight COMMAND --help` lists a command's options and what it writes.",
-    ]
-    return "\n".join(lines)
-
-
-def main(args: Optional[list] = None) -> None:
-    from aelight.apps import APPLICATIONS, run_application
-
-    skip_repeated_gpu_probe()  # settings of the whole process, made where the process starts
-    quiet_library_notices()
-    if os.environ.get(PARENT_ENV):  # a worker or run of aelight sweep stops with the sweep
-        stop_with_parent(int(os.environ[PARENT_ENV]))
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in APPLICATIONS:
-        run_application(argv[0], argv[1:])
-        return
-    if argv and argv[0] == "sweep":
-        from aelight import sweep
-
-        sweep.run(argv[1:])
-        return
-    if not argv or argv[0] in ("-h", "--help"):
-        print(overview(), file=sys.stdout if argv else sys.stderr)
-        sys.exit(0 if argv else 2)
+def run_training(argv: Optional[list[str]] = None) -> None:
+    """``aelight fit|validate|test|predict ...`` (``argv`` starts with the subcommand; None: the
+    process's command line): the
+    LightningCLI run, with the user's mistakes and a stop by SIGTERM or a sweep's pruner as one line."""
     _claimed_run_dirs.clear()
     _output_folder.clear()
     threading.excepthook = _quiet_output_errors_in_threads
     try:
-        build_cli(args)  # None: LightningCLI reads the command line itself
+        build_cli(argv)
     except SIGTERMException:
         print(
             "aelight: stopped by SIGTERM; the last checkpoint written is intact: continue the run with "
@@ -416,7 +344,7 @@ def main(args: Optional[list] = None) -> None:
         sys.exit(SIGTERM_EXIT)
     except Exception as err:
         if type(err).__name__ == "TrialPruned":  # optuna's: aelight sweep's pruning callback stopped this run
-            from aelight.sweep import PRUNING_MONITOR
+            from aelight.sweep_pruning import PRUNING_MONITOR
 
             print(
                 f"aelight: stopped: the sweep pruned this trial (its {PRUNING_MONITOR} trails the others')",
@@ -429,9 +357,4 @@ def main(args: Optional[list] = None) -> None:
         for folder in _claimed_run_dirs:  # a run that failed before writing leaves no empty version folder
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
-        print(f"aelight: error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
+        exit_with_error(message)

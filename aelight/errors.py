@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints these as one message and exits non-zero, no traceback."""
 
+import errno
+import sys
+from typing import NoReturn, Optional
+
 
 class AelightError(Exception):
     """A mistake in the user's input or environment (data, paths, config values)."""
@@ -15,3 +19,45 @@ class NonFiniteLossError(AelightError):
 
 class ConfigError(AelightError, ValueError):
     """A config value that parses but cannot work (mismatched sizes, a non-positive std...)."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def user_message(err: BaseException, where: Optional[str] = None) -> Optional[str]:
+    """The one-line message for an exception that is a user's mistake, also when a library wrapped
+    it (``__cause__`` / ``__context__``), or None for a bug, which keeps its traceback. ``where``:
+    the output folder a full or read-only disk is reported for when the error names no file.
+    Lightning's configuration errors are the user's too; no Lightning error exists before
+    Lightning is imported, so a command that never imports it never pays for it here."""
+    seen = set()
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, AelightError):
+            return str(err)
+        if isinstance(err, OSError) and err.errno in (*NO_SPACE, errno.EROFS):
+            where = err.filename or where
+            reason = "the disk is full" if err.errno in NO_SPACE else "the file system is read-only"
+            return (
+                f"could not write the run's output{f' in {where}' if where else ''}: {reason}; checkpoints "
+                "written before are intact. Free space or choose another folder with "
+                "--trainer.logger.init_args.save_dir DIR"
+            )
+        if lightning is not None and isinstance(err, lightning.MisconfigurationException):
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            torch = sys.modules.get("torch")
+            if "gpu" in message.lower() and torch is not None and not torch.cuda.is_available():
+                message += (
+                    "; this machine has no usable GPU: train on the CPU with --config configs/trainer/cpu.yaml "
+                    "(or --trainer.accelerator cpu)"
+                )
+            return message
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """How every aelight command ends on a user's mistake: one line on stderr, exit code 1."""
+    print(f"aelight: error: {message}", file=sys.stderr)
+    sys.exit(1)

@@ -8,9 +8,8 @@ import signal
 import sys
 import warnings
 
-import torch
-
 PARENT_ENV = "AELIGHT_SWEEP_PARENT"  # pid of the aelight sweep process that started this one
+PRUNED_EXIT = 3  # the exit code of a run of aelight sweep that its pruning callback stopped
 
 
 def skip_repeated_gpu_probe() -> None:
@@ -22,6 +21,8 @@ def skip_repeated_gpu_probe() -> None:
     quarter of a step of the reference model on a 2-core CPU. Where NVML finds no GPU there is
     nothing to poison, so the plain runtime check (cached by torch) is used instead.
     """
+    import torch  # here, not at the top: aelight sweep's processes import neither torch nor Lightning
+
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
@@ -38,6 +39,33 @@ def stop_with_parent(parent_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def adopt_orphans() -> None:
+    """Linux: descendants whose parent dies before them (a sweep worker's forkserver) become this
+    process's children rather than the system's init, so ``reap_orphans`` can wait for them: a
+    container's init may never reap them, and they would linger as zombies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(timeout: float) -> None:
+    """Waits (at most ``timeout`` seconds) for every child process left, adopted ones included;
+    call it once the children this process started itself have been waited for."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
 
 # Notices of the libraries underneath that say nothing about the user's run, printed by every

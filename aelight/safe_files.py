@@ -13,11 +13,10 @@ import re
 import tempfile
 from collections.abc import Iterator
 
-from aelight.errors import AelightError
+from aelight.errors import NO_SPACE, AelightError
 
 # mkstemp's random part is 8 characters of [a-z0-9_]
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class OutputError(AelightError):

@@ -9,9 +9,11 @@ database Optuna supports, so several machines join one sweep by running the same
 command starts N worker processes per device; each takes trials from the study with Optuna's own
 samplers (grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs
 each as an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint) or ``aelight
-anomaly``, under ``<out>/runs/trial_<n>/``. At the end it writes ``results.csv`` (a row per trial
-and seed: its settings, seed, metrics, status, seconds, reason, host and device, run folder) and
-``results.md`` (mean ± std over seeds per setting), and prints the latter.
+anomaly``, under ``<out>/runs/trial_<n>/``, in one fresh child of the worker's warm forkserver
+(``aelight.trial_process``): the sweep's own processes never import torch or Lightning. At the
+end it writes ``results.csv`` (a row per trial and seed: its settings, seed, metrics, status,
+seconds, reason, host and device, run folder) and ``results.md`` (mean ± std over seeds per
+setting), and prints the latter.
 
 A failed trial (NaN, a setting that cannot work, a killed run) is recorded with its one-line reason
 and the others go on (a sweep none of whose trials completed exits with 1); Ctrl-C or SIGTERM stops
@@ -46,8 +48,8 @@ import yaml
 from optuna.trial import TrialState
 
 from aelight import safe_files
-from aelight.errors import AelightError, ConfigError
-from aelight.runtime import PARENT_ENV
+from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
+from aelight.runtime import PARENT_ENV, PRUNED_EXIT, adopt_orphans, reap_orphans
 
 # applications that a trial runs on its best checkpoint after fit (their report.json holds the metrics)
 APPLIED = ("features", "reduce", "denoise", "nll", "generate")
@@ -271,29 +273,18 @@ def report_numbers(report: dict, prefix: str = "") -> dict:
     return numbers
 
 
-def run_one(cmd: list[str], env: dict, log: Path) -> None:
-    """Runs ``aelight <cmd>``; its output goes to ``log``. A non-zero exit raises TrialFailed
-    (or optuna.TrialPruned) with the run's own one-line reason."""
-    with open(log, "a") as out:
-        env = env | {PARENT_ENV: str(os.getpid())}  # the run stops should this worker be killed
-        proc = subprocess.Popen([sys.executable, "-m", "aelight", *cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            code = proc.wait()
-        except BaseException:  # Ctrl-C or SIGTERM of the sweep (_on_stop ignores the next ones): stop the run
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()  # reaped here: a child left to a container's init can stay a zombie
-            raise
-    from aelight.cli import PRUNED_EXIT
+def run_commands(commands: list[list[str]], env: dict, log: Path) -> None:
+    """Runs a trial's ``aelight`` commands (for one seed) one after the other in one fresh child of
+    the worker's warm process (``aelight.trial_process``); their output goes to ``log``. A non-zero
+    exit raises TrialFailed (or optuna.TrialPruned) with the run's own one-line reason."""
+    from aelight.trial_process import run_commands as run_in_child
 
+    code, last = run_in_child(commands, env, str(log))
     if code == PRUNED_EXIT:
         raise optuna.TrialPruned()
     if code:
         reason = failure_reason(log.read_text(errors="replace"), code)
-        raise TrialFailed(f"aelight {cmd[0]} exited with {code}: {reason}"[:500])
+        raise TrialFailed(f"aelight {commands[last][0]} exited with {code}: {reason}"[:500])
 
 
 def failure_reason(output: str, code: int) -> str:
@@ -351,8 +342,7 @@ def run_trial(trial, params: dict, seeds: list, spec: dict, out: Path, extra: li
     start, values, per_seed = time.time(), [], {}
     try:
         for seed in seeds:
-            for cmd in trial_commands(spec, params, seed, run_root, extra):
-                run_one(cmd, env, run_root / "output.log")
+            run_commands(trial_commands(spec, params, seed, run_root, extra), env, run_root / "output.log")
             metrics = run_metrics(spec, run_root, seed)
             per_seed[str(seed)] = {m: metrics.get(m) for m in spec["report"]}
             value = metrics.get(spec["metric"])
@@ -859,6 +849,7 @@ def main(argv: Optional[list] = None) -> None:
     threads = max(1, (os.cpu_count() or 1) // max(1, len(places)))
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
             f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
+    adopt_orphans()  # each worker's forkserver outlives it by a moment: this process reaps it
     try:
         for index, gpu in enumerate(places):
             env, accelerator = worker_placement(gpu, threads)
@@ -872,6 +863,7 @@ def main(argv: Optional[list] = None) -> None:
         sys.exit(143 if _terminated else 130)  # as a shell reports SIGTERM / Ctrl-C
     finally:
         _stop(workers)
+        reap_orphans(timeout=30)
         write_results(study, spec, out, args.study_name)
     states = {t.state for t in _counted(study)}
     if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
@@ -980,19 +972,16 @@ def _on_stop(signum, frame) -> None:
 
 def run(argv: Optional[list] = None) -> None:
     """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
-    from aelight.cli import user_error
-
     global _stopping, _terminated
     _stopping = _terminated = False
     previous = signal.signal(signal.SIGINT, _on_stop), signal.signal(signal.SIGTERM, _on_stop)
     try:
         main(argv)
     except (AelightError, OSError) as err:
-        message = user_error(err)
+        message = user_message(err)
         if message is None:
             raise
-        print(f"aelight: error: {message}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_error(message)
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the suite's processes share the cores: one thread each
+    # (each library's default, a thread per core, would have OpenMP threads spin against each other);
+    # the runs the tests start inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("AELIGHT_REAL_DATA", REPO / "data"))  # the folder README's commands use
 
@@ -108,7 +114,7 @@ SLOW_SAVE_DRIVER = textwrap.dedent(
             time.sleep(60)
 
     torch.save = slow_save
-    from aelight.cli import main
+    from aelight.commands import main
     main(sys.argv[3:])
     """
 )

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aelight.apps import APPLICATIONS, aliases, anomaly, denoise, represent
-from aelight.cli import main as aelight
+from aelight.commands import main as aelight
 from tests.conftest import REPO
 
 
@@ -82,23 +82,18 @@ def test_reduce_and_features_commands(trained, tiny_data):
     assert glob.glob(trained["ae"].replace("checkpoints/best.ckpt", "apps/features/confusion.png"))
 
 
-def test_aelight_help_lists_every_command_and_each_says_what_it_writes():
+def test_aelight_help_lists_every_command_and_each_says_what_it_writes(capsys):
     proc = subprocess.run([sys.executable, "-m", "aelight", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line[:2] == "  " and line[2:3].isalpha()}
     assert listed == {"fit", "validate", "test", "predict", "sweep", *APPLICATIONS}
     writes = {"reduce": "scatter.png", "features": "confusion.png", "anomaly": "score_histograms.png",
               "generate": "vae_samples.png", "denoise": "psnr.png", "nll": "report.json"}  # fmt: skip
-    helps = {  # started together: each is mostly the import of torch and Lightning
-        command: subprocess.Popen(
-            [sys.executable, "-m", "aelight", command, "--help"], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )
-        for command in APPLICATIONS
-    }  # fmt: skip
-    for command, help_ in helps.items():
-        out, err = help_.communicate(timeout=300)
-        assert help_.returncode == 0 and out.startswith(f"usage: aelight {command}"), err
+    for command in APPLICATIONS:  # in this process: the libraries are imported once
+        with pytest.raises(SystemExit) as exit_:
+            aelight([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: aelight {command}"), out
         assert "Writes" in out and writes[command] in out, out
         assert "--data-dir" not in out and "--ckpt " not in out  # one dialect: the spelling of aelight fit
         assert ("--ckpt_path" in out) == (command != "anomaly")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aelight.cli import main
+from aelight.commands import main
 from tests.conftest import REPO
 
 CONFIGS = sorted(
@@ -140,39 +140,23 @@ def test_validate_and_predict_from_a_checkpoint(cli_args, tmp_path, capsys):
     assert out["z"].shape == (200, 32) and out["recon"].shape == (200, 1, 28, 28) and out["label"].shape == (200,)
 
 
-def test_unknown_key_wrong_type_unknown_class_exit_2_without_traceback(cli_args):
-    for bad in (["--model.init_args.nope=1"], ["--data.batch_size=abc"], ["--model=NoSuchModel"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", *bad],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2, (bad, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower()
+def test_unknown_key_wrong_type_unknown_class_exit_2_without_traceback(capsys):
+    for bad in ("--model.init_args.nope=1", "--data.batch_size=abc", "--model=NoSuchModel"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", "--config=configs/ae.yaml", bad])
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 2, (bad, stderr[-2000:])
+        assert "Traceback" not in stderr and "error" in stderr.lower()
 
 
-def test_missing_data_exits_nonzero_with_one_message(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aelight",
-            "fit",
-            "--config=configs/ae.yaml",
-            f"--data.data_dir={tmp_path}",
-            "--data.download=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert f"{tmp_path}/MNIST/raw" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
+def test_missing_data_exits_nonzero_with_one_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config=configs/ae.yaml", f"--data.data_dir={tmp_path}", "--data.download=false",
+              f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert "Traceback" not in stderr
+    assert f"{tmp_path}/MNIST/raw" in stderr and "t10k-labels-idx1-ubyte" in stderr
 
 
 def test_a_run_prints_its_own_lines_and_no_notices_of_the_libraries_underneath(cli_args):

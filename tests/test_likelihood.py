@@ -90,7 +90,7 @@ def test_nll_command_on_tiny_data(tiny_data, tmp_path):
     import glob
     import json
 
-    from aelight.cli import main as aelight
+    from aelight.commands import main as aelight
 
     aelight(
         ["fit", "--config=configs/likelihood/vae_iwae_arch.yaml", f"--data.data_dir={tiny_data}",

@@ -12,7 +12,7 @@ import torch
 
 from aelight.callbacks import FiniteLossGuard
 from aelight.checkpoint_io import CheckpointError, SafeCheckpointIO
-from aelight.cli import main
+from aelight.commands import main
 from aelight.data import MNISTDataModule
 from aelight.engine import TrainingEngine
 from aelight.errors import NonFiniteLossError

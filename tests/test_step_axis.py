@@ -9,7 +9,7 @@ import sys
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aelight.cli import main
+from aelight.commands import main
 from tests.conftest import REPO
 
 

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from aelight.callbacks.images import LABEL_WIDTH, code_activity, labelled_grid
-from aelight.cli import main
+from aelight.commands import main
 
 
 def events(run_dir: str) -> EventAccumulator:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelight.cli import main
+from aelight.commands import main
 from tests.conftest import REPO, kill_inside_a_slow_save, make_mnist_root, short_run_args, write_idx
 
 CONFIG = "--config=configs/ae.yaml"
@@ -222,7 +222,7 @@ SAME_MOMENT_DRIVER = textwrap.dedent(
         return real_mkdir(path, *args, **kwargs)
 
     os.mkdir = slow_mkdir
-    from aelight.cli import main
+    from aelight.commands import main
     pathlib.Path(sys.argv[1]).touch()
     while not pathlib.Path(sys.argv[2]).exists():
         time.sleep(0.001)

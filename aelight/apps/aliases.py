@@ -5,7 +5,7 @@ import re
 import sys
 from typing import Optional
 
-from aelight.apps import APPLICATIONS
+from aelight.commands import APPLICATIONS
 
 # Old spellings that are not just dashes for underscores.
 RENAMED = {
@@ -32,7 +32,7 @@ def respell(argv: list) -> list:
 
 def _alias(command: str):
     def main(argv: Optional[list] = None) -> None:
-        from aelight.cli import main as aelight
+        from aelight.commands import main as aelight
 
         aelight([command, *respell(sys.argv[1:] if argv is None else list(argv))])
 

@@ -4,7 +4,6 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,7 +16,7 @@ from aelight.checkpoint_io import weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.data.pixels import to_float_images
 from aelight.engine import LEGACY_MODEL_KEYS
-from aelight.errors import AelightError  # noqa: F401 - re-exported for the commands
+from aelight.errors import AelightError, exit_with_error, user_message  # noqa: F401 - AelightError re-exported for the commands
 from aelight.models import AE
 
 
@@ -94,16 +93,13 @@ def run_main(
             args.report_folder = prepare_report_dir(folder)
         fn(args)
     except Exception as err:
-        from aelight.cli import user_error
-
-        message = user_error(err)
+        message = user_message(err)
         if message is None:
             raise
         for path in created:  # a command that failed leaves no empty report folder behind
             with contextlib.suppress(OSError):
                 path.rmdir()
-        print(f"aelight: error: {message}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_error(message)
 
 
 def check_device(device: str) -> None:

@@ -1,0 +1,88 @@
+"""A sweep trial's runs in a fresh child of a warm process: each worker of ``aelight sweep`` starts
+one forkserver that imports torch, Lightning and aelight once; every trial forks a child from it
+that runs the trial's commands (fit, then test or an application) one after the other, as
+``aelight <command>`` would, its output in the trial's log. The child is a process of its own, so a
+crash, a leak or a pruned run ends only that trial; the forkserver itself never touches CUDA, so a
+child can use the GPU its worker was pinned to."""
+
+import multiprocessing
+import os
+import signal
+import sys
+
+from aelight.runtime import PARENT_ENV
+
+# what the forkserver imports once for all its children: the CLI and, through it, torch, Lightning and
+# the models (an application imports its own module in the child)
+PRELOAD = ["aelight.commands", "aelight.cli", "aelight.apps.common"]
+STOP_WAIT_S = 30  # how long a stopped trial's run may take to write its last checkpoint before it is killed
+
+_context = None
+
+
+def context():
+    """The worker's forkserver context, preloading ``PRELOAD`` (the server starts with the first child)."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def run_commands(commands: list[list[str]], env: dict, log: str) -> tuple[int, int]:
+    """Runs ``aelight <command>`` for each command in a child process, output appended to ``log``.
+    Returns the exit code (0 when all succeeded, else the first failure's; minus the signal's number
+    when the child was killed) and the index of the last command that started. A Ctrl-C or SIGTERM
+    of the worker stops the child (SIGTERM, then SIGKILL after ``STOP_WAIT_S``) before it goes on."""
+    started, starting = context().Pipe(duplex=False)
+    child = context().Process(target=_child_main, args=(commands, env, log, starting), name="aelight-trial")
+    child.start()
+    starting.close()
+    try:
+        child.join()
+    except BaseException:  # Ctrl-C or SIGTERM of the sweep: the run stops and writes its last checkpoint
+        if child.is_alive():
+            child.terminate()
+            child.join(STOP_WAIT_S)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        raise
+    last = 0
+    while started.poll():
+        try:
+            last = started.recv()
+        except EOFError:
+            break
+    started.close()
+    return child.exitcode, last
+
+
+def _child_main(commands: list[list[str]], env: dict, log: str, starting) -> None:
+    """In the child: the trial's environment, its output in ``log`` (the file descriptors too, so
+    what C code prints lands there), then each command as ``aelight`` runs it."""
+    os.environ.update(env)
+    # the child's parent is the forkserver, which exits with its worker: the run stops with it
+    os.environ[PARENT_ENV] = str(os.getppid())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores Ctrl-C; a run does not
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.argv = ["aelight"]
+    from aelight.commands import main
+
+    for index, command in enumerate(commands):
+        starting.send(index)
+        try:
+            main(command)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if code:
+                sys.exit(code)
+        sys.stdout.flush()
+        sys.stderr.flush()
