@@ -786,12 +786,12 @@ def parser() -> argparse.ArgumentParser:
 
 def devices(text: Optional[str]) -> list[Optional[str]]:
     """GPU indices as strings, or [None] for the CPU."""
-    import torch
+    if text == "cpu":
+        return [None]
+    import torch  # to count the GPUs (no CUDA context is made); the workers never import it
 
     if text is None:
         return [str(i) for i in range(torch.cuda.device_count())] or [None]
-    if text == "cpu":
-        return [None]
     indices = [d.strip() for d in text.split(",") if d.strip()]
     if not indices or not all(d.isdigit() for d in indices):
         raise ConfigError(f"--devices {text}: give cpu or GPU indices such as 0,1")
