@@ -195,6 +195,12 @@ def test_spec_configs_are_found_beside_the_spec_then_in_the_current_folder(tmp_p
 
 def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the specs name config files relative to where aelight runs
+    for path in sorted((REPO / "configs/sweeps").glob("*.yaml")):  # every shipped spec, its configs present
+        spec = sweep.load_spec(str(path))
+        configs = [*spec["config"], *spec["grid"].get("config", [])]
+        assert configs and all((REPO / c).exists() for c in configs), path.name
+    likelihood = sweep.load_spec(str(REPO / "configs/sweeps/likelihood.yaml"))
+    assert likelihood["command"] == "nll" and likelihood["direction"] == "minimize"
     variants = sweep.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
     assert len(variants["grid"]["config"]) >= 7 and variants["seeds"] == [0, 1, 2]
     assert all((REPO / c).exists() for c in variants["grid"]["config"])
