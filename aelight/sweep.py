@@ -483,7 +483,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, another user's
         pass
-    return True
+    try:  # a killed worker that nobody reaped (a container's init may not) is a zombie: dead
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def left_to_start(study, spec: dict) -> int:

@@ -113,10 +113,11 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     deadline = time.time() + 300
     while not (out / "runs" / "trial_1").exists() and time.time() < deadline:  # one trial done, the next under way
         time.sleep(0.2)
-    assert (out / "runs" / "trial_1").exists()  # trial 1 has just started (a trial takes seconds)
+    assert (out / "runs" / "trial_1").exists()
+    time.sleep(1)  # inside trial 1's run (a trial takes seconds)
     os.killpg(first.pid, signal.SIGKILL)  # the sweep, its worker, its forkserver and the trial's run, at once
     first.wait()
-    again = sweep_cmd(spec, out, tiny_data, workers=1)
+    again = sweep_cmd(spec, out, tiny_data, workers=2)
     proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = rows(out)
@@ -125,7 +126,7 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     interrupted = [r for r in table if r["status"] != "complete"]
     assert interrupted and all(r["reason"] == "interrupted" for r in interrupted)
     assert "interrupted trial(s) again" in proc.stderr
-    assert "3 of 4 trials to run, 1 worker(s) on the CPU" in proc.stderr  # one finished before the kill
+    assert "3 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # one finished before the kill
 
 
 GRID = {"search": {}, "grid": {"data.batch_size": [16, 32]}, "seeds": [0], "metric": "val/mse",
