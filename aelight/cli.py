@@ -8,10 +8,13 @@
 import contextlib
 import errno
 import glob
+import io
+import logging
 import os
 import re
 import sys
 import threading
+import warnings
 from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -19,16 +22,16 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aelight import safe_files, trust
+from aelight import run_result, safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
 from aelight.callbacks.progress import OptimizerStepProgressBar
 from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
-from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
+from aelight.errors import AelightError, ConfigError, exit_saying, exit_with_error, user_message
 from aelight.loggers import TensorBoardRun
 from aelight.models import AE
-from aelight.runtime import PRUNED_EXIT
+from aelight.runtime import PRUNED_EXIT, is_higher_rank
 
 CKPT_ALIASES = ("best", "last")
 TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
@@ -39,6 +42,7 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by
 RUN_VERSION_ENV = "AELIGHT_RUN_VERSION"
 _claimed_run_dirs: list[str] = []  # removed again if the command fails before writing anything there
 _output_folder: list[str] = []  # the run folder of the command under way, named if its disk fills up
+_trainers: list = []  # the command's trainer, whose metrics and checkpoints its result.json records
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -70,7 +74,42 @@ class RunConfigSaver(SaveConfigCallback):
         safe_files.write_text(os.path.join(folder, name), text, what="config")
 
 
+class _ParserErrors(logging.Handler):
+    """jsonargparse tells its parser's logger the error it is about to exit with: the one line of it
+    becomes the reason in the command's result.json."""
+
+    said: list[str] = []  # this process's parser errors, newest last
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR:
+            return
+        self.said.append(parser_reason(record.getMessage()))
+        result = run_result.current()
+        if result is not None:
+            result.reason = self.said[-1]
+
+
+PARSER_LOGGER = logging.getLogger("aelight.parser")
+PARSER_LOGGER.propagate = False  # the parser prints its error itself
+PARSER_LOGGER.addHandler(_ParserErrors())
+# Lines of jsonargparse's explanation of an error that say how it searched, not what is wrong
+PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
+                "Expected a <class 'NoneType'>", "Given value type:", "Given value:")  # fmt: skip
+
+
+def parser_reason(message: str) -> str:
+    """A parser error in one line: its first line and the lines that say what is wrong."""
+    first, *rest = [line for line in message.splitlines() if line.strip()] or [""]
+    detail = [line.strip(" -") for line in rest]
+    return " ".join([first, *(line for line in detail if line and not line.startswith(PARSER_NOISE))])[:500]
+
+
 class AELightCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        parser = super().init_parser(**kwargs)
+        parser.logger = PARSER_LOGGER
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         # Callbacks every run gets, each configurable under its own key (e.g. --checkpoint.monitor).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -162,6 +201,7 @@ class AELightCLI(LightningCLI):
         logger = cfg.trainer.logger
         if not _is_tensorboard(logger):
             safe_files.check_writable(cfg.trainer.default_root_dir or ".", WRITABLE_HINT)
+            _record_folder(cfg.trainer.default_root_dir or ".")
             return
         save_dir = logger.init_args.save_dir
         safe_files.check_writable(save_dir, WRITABLE_HINT)
@@ -173,6 +213,7 @@ class AELightCLI(LightningCLI):
         run_dir = os.path.join(run_root, version if isinstance(version, str) else f"version_{version}")
         safe_files.check_writable(run_dir, WRITABLE_HINT)
         _output_folder[:] = [run_dir]
+        _record_folder(run_dir)
 
     def _before_run(self) -> None:
         """Before any command runs: stale temporaries of a killed run are removed from its folders,
@@ -199,6 +240,7 @@ class AELightCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        _trainers[:] = [trainer]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()  # atomic writes, clear load errors
         bar = trainer.progress_bar_callback
@@ -236,6 +278,38 @@ class AELightCLI(LightningCLI):
         return ckpt_path
 
 
+def _record_folder(folder: str) -> None:
+    """The run folder where the command's result.json goes (the first one named: an application that
+    trains, such as ``aelight anomaly``, keeps its report folder)."""
+    result = run_result.current()
+    if result is not None and result.folder is None:
+        result.folder = os.path.abspath(folder)
+
+
+def _record_trainer(result: run_result.RunResult, trainer, ckpt_path: Optional[str]) -> None:
+    """What the trainer ended with, into the command's result: the last value of each logged
+    metric (``test/`` ones apart), each checkpoint monitor's best value, the checkpoints written
+    (by ``fit``) or loaded."""
+    logged = {name: _number(value) for name, value in trainer.callback_metrics.items()}
+    result.metrics["test"] = {k: v for k, v in logged.items() if k.startswith("test/")}
+    result.metrics["final"] = {k: v for k, v in logged.items() if not k.startswith("test/")}
+    fitting = getattr(trainer.state.fn, "value", trainer.state.fn) == "fit"
+    for callback in trainer.checkpoint_callbacks if fitting else []:  # others keep a loaded checkpoint's
+        path = os.path.abspath(callback.best_model_path) if callback.best_model_path else None
+        if callback.monitor is None:  # every epoch's: the last checkpoint
+            result.checkpoints["last"] = path or result.checkpoints["last"]
+        elif path:
+            result.checkpoints["best"] = path
+            if callback.best_model_score is not None:
+                result.metrics["best"][callback.monitor] = _number(callback.best_model_score)
+    result.checkpoints["loaded"] = os.path.abspath(ckpt_path) if ckpt_path else None
+    result.epochs, result.steps = trainer.current_epoch, trainer.global_step
+
+
+def _number(value) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
+
 def _is_tensorboard(logger) -> bool:
     return getattr(logger, "class_path", None) in TENSORBOARD_LOGGERS
 
@@ -253,7 +327,7 @@ def _run_version(run_root: str) -> int:
     """Claims the next free ``version_N`` folder under ``run_root`` with an exclusive ``mkdir``:
     of several runs started at once, each gets its own. Processes of a DDP run other than rank 0
     take the one rank 0 claimed."""
-    if _is_higher_rank() and os.environ.get(RUN_VERSION_ENV):
+    if is_higher_rank() and os.environ.get(RUN_VERSION_ENV):
         return int(os.environ[RUN_VERSION_ENV])
     try:
         os.makedirs(run_root, exist_ok=True)
@@ -274,13 +348,6 @@ def _run_version(run_root: str) -> int:
     return version
 
 
-def _is_higher_rank() -> bool:
-    """Whether this is a process of a DDP run other than rank 0 (Lightning starts those with
-    RANK / LOCAL_RANK set)."""
-    ranks = (os.environ.get(name, "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-    return any(rank.isdigit() and int(rank) > 0 for rank in ranks)
-
-
 def _check_weights_fit(model, shapes: dict[str, tuple], ckpt_path: str) -> None:
     """A checkpoint's weights (their shapes by name) must fit the model's; else one line naming the first difference."""
     detail = weights_mismatch(weight_shapes(model.state_dict()), shapes)
@@ -291,8 +358,33 @@ def _check_weights_fit(model, shapes: dict[str, tuple], ckpt_path: str) -> None:
         )
 
 
-def build_cli(args: Optional[list] = None, run: bool = True) -> AELightCLI:
-    return AELightCLI(
+class _Parsed(Exception):
+    """Raised by ``_ParseOnlyCLI`` once the arguments have parsed."""
+
+
+class _ParseOnlyCLI(AELightCLI):
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed
+
+
+def argument_problem(args: list[str]) -> Optional[str]:
+    """What the parser of ``aelight fit`` finds wrong in ``args`` (its options, without the
+    subcommand), in one line; None when they parse. Nothing is instantiated, run or written."""
+    _ParserErrors.said.clear()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            build_cli(args, run=False, cli_class=_ParseOnlyCLI)
+    except _Parsed:
+        return None
+    except SystemExit:
+        return _ParserErrors.said[-1] if _ParserErrors.said else "the options do not parse"
+    return None
+
+
+def build_cli(args: Optional[list] = None, run: bool = True, cli_class: type = AELightCLI) -> AELightCLI:
+    return cli_class(
         model_class=AE,
         subclass_mode_model=True,
         datamodule_class=MNISTDataModule,
@@ -332,25 +424,18 @@ def run_training(argv: Optional[list[str]] = None) -> None:
     LightningCLI run, with the user's mistakes and a stop by SIGTERM or a sweep's pruner as one line."""
     _claimed_run_dirs.clear()
     _output_folder.clear()
+    _trainers.clear()
     threading.excepthook = _quiet_output_errors_in_threads
     try:
         build_cli(argv)
     except SIGTERMException:
-        print(
-            "aelight: stopped by SIGTERM; the last checkpoint written is intact: continue the run with "
-            "--ckpt_path last",
-            file=sys.stderr,
+        exit_saying(
+            "stopped by SIGTERM; the last checkpoint written is intact: continue the run with --ckpt_path last",
+            SIGTERM_EXIT,
         )
-        sys.exit(SIGTERM_EXIT)
     except Exception as err:
         if type(err).__name__ == "TrialPruned":  # optuna's: aelight sweep's pruning callback stopped this run
-            from aelight.sweep_pruning import PRUNING_MONITOR
-
-            print(
-                f"aelight: stopped: the sweep pruned this trial (its {PRUNING_MONITOR} trails the others')",
-                file=sys.stderr,
-            )
-            sys.exit(PRUNED_EXIT)
+            exit_saying(f"stopped: the sweep pruned this trial ({err or 'its metric trails the others'})", PRUNED_EXIT)
         message = user_error(err)
         if message is None:
             raise
@@ -358,3 +443,10 @@ def run_training(argv: Optional[list[str]] = None) -> None:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         exit_with_error(message)
+    finally:
+        result = run_result.current()
+        if result is not None and _trainers:
+            try:
+                _record_trainer(result, _trainers[0], _trainers[0].ckpt_path)
+            except Exception as err:  # noqa: BLE001 - the run's own outcome goes first
+                print(f"aelight: the run's metrics could not be recorded in result.json: {err}", file=sys.stderr)

@@ -3,13 +3,15 @@
 Every command is a row of ``COMMANDS``: where it runs and the line ``aelight --help`` prints for
 it. The entry point imports only the module of the command asked for, so ``aelight sweep`` and its
 workers start without torch or Lightning (a sweep's trials import them once per worker, in
-``aelight.trial_process``)."""
+``aelight.trial_process``). Every command but the sweep records how it ended in a result.json
+(``aelight.run_result``)."""
 
 import importlib
 import os
 import sys
 from typing import NamedTuple, Optional
 
+from aelight import run_result
 from aelight.runtime import PARENT_ENV, quiet_library_notices, skip_repeated_gpu_probe, stop_with_parent
 
 
@@ -44,7 +46,7 @@ COMMANDS = {
     "denoise": Command(APPLICATION, "aelight.apps.denoise", "main",
                        "PSNR / SSIM of a denoising model against classical filters"),
     "nll": Command(APPLICATION, "aelight.apps.nll", "main", "a VAE's importance-sampled test negative log-likelihood"),
-    "sweep": Command(MANY_RUNS, "aelight.sweep", "run",
+    "sweep": Command(MANY_RUNS, "aelight.sweep.command", "run",
                      "a grid or search from a YAML spec, on every device (Optuna):\n"
                      "aelight sweep configs/sweeps/variants.yaml --data.data_dir data/"),
 }  # fmt: skip
@@ -78,10 +80,13 @@ def main(args: Optional[list] = None) -> None:
     if command.group != MANY_RUNS:  # a sweep's own processes train nothing (its trials call this)
         skip_repeated_gpu_probe()
     run = getattr(importlib.import_module(command.module), command.function)
-    if command.group == TRAINING:  # None: LightningCLI reads the command line itself
-        run(None if args is None else argv)
-    else:
-        run(argv[1:])
+    if command.group == MANY_RUNS:  # its results are results.csv and results.md
+        return run(argv[1:])
+    with run_result.recording(argv[0], argv):  # how the run ended: result.json in its folder
+        if command.group == TRAINING:  # None: LightningCLI reads the command line itself
+            run(None if args is None else argv)
+        else:
+            run(argv[1:])
 
 
 if __name__ == "__main__":

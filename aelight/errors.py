@@ -57,7 +57,22 @@ def user_message(err: BaseException, where: Optional[str] = None) -> Optional[st
     return None
 
 
-def exit_with_error(message: str) -> NoReturn:
+class UserExit(SystemExit):
+    """The exit of a command that says why it stopped: ``message``, the one line it printed (a
+    run's result.json records it as the reason)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+
+def exit_with_error(message: str, code: int = 1) -> NoReturn:
     """How every aelight command ends on a user's mistake: one line on stderr, exit code 1."""
     print(f"aelight: error: {message}", file=sys.stderr)
-    sys.exit(1)
+    raise UserExit(code, message)
+
+
+def exit_saying(message: str, code: int) -> NoReturn:
+    """A command stopped on purpose (by SIGTERM, by a sweep's pruner): one line on stderr, ``code``."""
+    print(f"aelight: {message}", file=sys.stderr)
+    raise UserExit(code, message)

@@ -12,6 +12,13 @@ PARENT_ENV = "AELIGHT_SWEEP_PARENT"  # pid of the aelight sweep process that sta
 PRUNED_EXIT = 3  # the exit code of a run of aelight sweep that its pruning callback stopped
 
 
+def is_higher_rank() -> bool:
+    """Whether this is a process of a DDP run other than rank 0 (Lightning starts those with
+    RANK / LOCAL_RANK set): such processes leave the run's files to rank 0."""
+    ranks = (os.environ.get(name, "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return any(rank.isdigit() and int(rank) > 0 for rank in ranks)
+
+
 def skip_repeated_gpu_probe() -> None:
     """On a machine without GPUs, stop torch from probing for them at every optimizer step.
 

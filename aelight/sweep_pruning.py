@@ -1,25 +1,6 @@
-"""The pruning callback of a run that ``aelight sweep`` started for a search (its own module, so
-that ordinary runs never import Optuna)."""
+"""The former home of the sweep's pruning callback: run configs saved before ``aelight.sweep``
+became a package name ``aelight.sweep_pruning.SweepPruning``."""
 
-import json
-import os
+from aelight.sweep.pruning import PRUNING_MONITOR, SweepPruning
 
-import optuna
-from optuna_integration import PyTorchLightningPruningCallback
-
-from aelight.sweep import PRUNING_MONITOR, search_pruner
-
-TRIAL_ENV = "AELIGHT_SWEEP_TRIAL"  # storage URL, study name and trial number, set by the sweep's worker
-
-
-class SweepPruning(PyTorchLightningPruningCallback):
-    """optuna-integration's Lightning pruning callback on ``monitor`` for the sweep trial this run
-    belongs to; a pruned run ends with exit code 3, which the sweep records as pruned."""
-
-    def __init__(self, monitor: str = PRUNING_MONITOR):
-        storage_url, study_name, number = json.loads(os.environ[TRIAL_ENV])
-        # The sweep's pruner: a study loaded without one would judge with Optuna's default.
-        study = optuna.load_study(study_name=study_name, storage=storage_url, pruner=search_pruner())
-        storage = optuna.storages.get_storage(storage_url)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
-        super().__init__(optuna.trial.Trial(study, trial_id), monitor=monitor)
+__all__ = ["PRUNING_MONITOR", "SweepPruning"]

@@ -9,13 +9,25 @@ import multiprocessing
 import os
 import signal
 import sys
+from typing import NamedTuple
 
+from aelight import run_result
+from aelight.errors import exit_with_error
 from aelight.runtime import PARENT_ENV
 
 # what the forkserver imports once for all its children: the CLI and, through it, torch, Lightning and
 # the models (an application imports its own module in the child)
 PRELOAD = ["aelight.commands", "aelight.cli", "aelight.apps.common"]
 STOP_WAIT_S = 30  # how long a stopped trial's run may take to write its last checkpoint before it is killed
+# in a command's arguments: the best checkpoint that an earlier command of the trial (its fit) wrote,
+# as its result.json says
+BEST_CHECKPOINT = "{best_checkpoint}"
+
+
+class TrialCommand(NamedTuple):
+    argv: list  # ``aelight`` arguments, the command first
+    result_file: str  # where the command writes its result.json (``AELIGHT_RESULT_FILE``)
+
 
 _context = None
 
@@ -29,15 +41,14 @@ def context():
     return _context
 
 
-def run_commands(commands: list[list[str]], env: dict, log: str) -> tuple[int, int]:
-    """Runs ``aelight <command>`` for each command in a child process, output appended to ``log``.
+def run_commands(commands: list[TrialCommand], env: dict, log: str) -> int:
+    """Runs ``aelight <command>`` for each command in a child process, output appended to ``log``,
+    each command's result in its ``result_file``; the commands after a failed one do not run.
     Returns the exit code (0 when all succeeded, else the first failure's; minus the signal's number
-    when the child was killed) and the index of the last command that started. A Ctrl-C or SIGTERM
-    of the worker stops the child (SIGTERM, then SIGKILL after ``STOP_WAIT_S``) before it goes on."""
-    started, starting = context().Pipe(duplex=False)
-    child = context().Process(target=_child_main, args=(commands, env, log, starting), name="aelight-trial")
+    when the child was killed). A Ctrl-C or SIGTERM of the worker stops the child (SIGTERM, then
+    SIGKILL after ``STOP_WAIT_S``) before it goes on."""
+    child = context().Process(target=_child_main, args=(commands, env, log), name="aelight-trial")
     child.start()
-    starting.close()
     try:
         child.join()
     except BaseException:  # Ctrl-C or SIGTERM of the sweep: the run stops and writes its last checkpoint
@@ -48,17 +59,10 @@ def run_commands(commands: list[list[str]], env: dict, log: str) -> tuple[int, i
                 child.kill()
                 child.join()
         raise
-    last = 0
-    while started.poll():
-        try:
-            last = started.recv()
-        except EOFError:
-            break
-    started.close()
-    return child.exitcode, last
+    return child.exitcode
 
 
-def _child_main(commands: list[list[str]], env: dict, log: str, starting) -> None:
+def _child_main(commands: list[TrialCommand], env: dict, log: str) -> None:
     """In the child: the trial's environment, its output in ``log`` (the file descriptors too, so
     what C code prints lands there), then each command as ``aelight`` runs it."""
     os.environ.update(env)
@@ -76,13 +80,19 @@ def _child_main(commands: list[list[str]], env: dict, log: str, starting) -> Non
     sys.argv = ["aelight"]
     from aelight.commands import main
 
-    for index, command in enumerate(commands):
-        starting.send(index)
+    best = None
+    for command in commands:
+        os.environ[run_result.RESULT_FILE_ENV] = command.result_file
         try:
-            main(command)
+            needs_best = any(BEST_CHECKPOINT in arg for arg in command.argv)
+            if needs_best and best is None:
+                with run_result.recording(command.argv[0], command.argv):
+                    exit_with_error("the trial's fit wrote no best checkpoint to run this command on")
+            main([arg.replace(BEST_CHECKPOINT, best) if needs_best else arg for arg in command.argv])
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
             if code:
                 sys.exit(code)
         sys.stdout.flush()
         sys.stderr.flush()
+        best = run_result.read(command.result_file).checkpoints.get("best") or best

@@ -20,12 +20,13 @@ user chose to run, like a Python script.
 
 import collections.abc
 import functools
+import importlib
 import inspect
 import os
 import re
 import types
 import typing
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 
@@ -44,34 +45,57 @@ class UntrustedCheckpointError(CheckpointError):
     """A checkpoint names a class outside the allow-list."""
 
 
+# aelight's classes a checkpoint may name, by the module that defines them, and the packages that
+# export them (their other spellings). Data, so that checking a checkpoint imports no model: a new
+# model or network is added here too (tests/test_trust_boundary.py holds this table to the packages).
+AELIGHT_CLASSES = {
+    "aelight.models.autoencoder": ("AE",),
+    "aelight.models.contractive": ("ContractiveAE",),
+    "aelight.models.denoising": ("DenoisingAE",),
+    "aelight.models.restoration": ("RestorationAE",),
+    "aelight.models.sparse": ("SparseAE",),
+    "aelight.models.umap": ("UMAPAE",),
+    "aelight.models.vae": ("VAE",),
+    "aelight.models.wta": ("WTAAE",),
+    "aelight.components.mlp": ("MLPEncoder", "MLPDecoder"),
+    "aelight.components.conv": ("ConvEncoder", "ConvDecoder", "ConvMapEncoder", "ConvMapDecoder"),
+    "aelight.components.deskew": ("Deskewed",),
+    "aelight.data.mnist": ("MNISTDataModule",),
+}
+EXPORTED_BY = {"aelight.models": ("aelight.models", "aelight"), "aelight.components": ("aelight.components",),
+               "aelight.data": ("aelight.data", "aelight")}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def allowed_classes() -> dict[str, str]:
+    """Every allowed class path, and the path of the class it names (its defining module's)."""
+    table: dict[str, str] = {}
+    for module, names in AELIGHT_CLASSES.items():
+        packages = next(spellings for package, spellings in EXPORTED_BY.items() if module.startswith(package + "."))
+        for name in names:
+            table.update(dict.fromkeys((f"{m}.{name}" for m in (module, *packages)), f"{module}.{name}"))
+    for name, obj in vars(torch.optim).items():
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+            table.update(dict.fromkeys(_spellings(obj, "torch.optim"), f"{obj.__module__}.{name}"))
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    for name, obj in vars(torch.optim.lr_scheduler).items():
+        if isinstance(obj, type) and issubclass(obj, schedulers):
+            table.update(dict.fromkeys(_spellings(obj, "torch.optim.lr_scheduler"), f"{obj.__module__}.{name}"))
+    table[LIGHTNING_INSTANTIATOR] = LIGHTNING_INSTANTIATOR  # named by LightningCLI, imported by Lightning itself
+    return table
+
+
 def _spellings(cls: type, *packages: str) -> set[str]:
     return {f"{module}.{cls.__name__}" for module in (cls.__module__, *packages)}
 
 
-@functools.lru_cache(maxsize=1)
-def allowed_classes() -> dict[str, Any]:
-    """Every allowed class path and what it names (built without importing anything new)."""
-    from aelight import components, models
-    from aelight.data import MNISTDataModule
-
-    table: dict[str, Any] = {}
-    for name in models.__all__:
-        cls = getattr(models, name)
-        table.update(dict.fromkeys(_spellings(cls, "aelight.models", "aelight"), cls))
-    for name in components.__all__:
-        cls = getattr(components, name)
-        if isinstance(cls, type):
-            table.update(dict.fromkeys(_spellings(cls, "aelight.components"), cls))
-    table.update(dict.fromkeys(_spellings(MNISTDataModule, "aelight.data", "aelight"), MNISTDataModule))
-    for name, obj in vars(torch.optim).items():
-        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
-            table.update(dict.fromkeys(_spellings(obj, "torch.optim"), obj))
-    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    for name, obj in vars(torch.optim.lr_scheduler).items():
-        if isinstance(obj, type) and issubclass(obj, schedulers):
-            table.update(dict.fromkeys(_spellings(obj, "torch.optim.lr_scheduler"), obj))
-    table[LIGHTNING_INSTANTIATOR] = None  # named by LightningCLI, imported by Lightning itself
-    return table
+def allowed_class(class_path: str) -> Optional[type]:
+    """The class an allowed aelight or torch class path names, imported (allowed classes only)."""
+    target = allowed_classes().get(class_path)
+    if target is None or target == LIGHTNING_INSTANTIATOR:
+        return None
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
 
 
 def trusted_modules() -> tuple[str, ...]:
@@ -103,7 +127,7 @@ def _is_plain_type(tp) -> bool:
 
 def _data_keys(class_path: Optional[str]) -> set[str]:
     """Arguments of an allowed class that its signature types as plain data."""
-    cls = allowed_classes().get(class_path) if class_path else None
+    cls = allowed_class(class_path) if class_path else None
     keys: set[str] = set()
     for klass in inspect.getmro(cls) if isinstance(cls, type) else ():
         init = klass.__dict__.get("__init__")
@@ -188,19 +212,3 @@ def named_classes(config) -> frozenset:
         elif isinstance(value, (list, tuple)):
             stack.extend(value)
     return frozenset(found)
-
-
-def model_class(checkpoint: dict, path) -> type:
-    """The aelight model class a checked checkpoint names (the plain AE if it names none)."""
-    from aelight.models import AE
-
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "aelight.models.AE")
-    cls = allowed_classes().get(class_path)
-    if cls is None and is_allowed(class_path):  # a user's trusted module
-        import importlib
-
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, AE)):
-        raise UntrustedCheckpointError(f"checkpoint {path} names the model class {class_path!r}, not an aelight model")
-    return cls

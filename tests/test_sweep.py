@@ -3,6 +3,7 @@ per trial, a failing trial is recorded with its reason while the others finish, 
 a kill finishes the rest without repeating a finished trial, and no two trials share a folder."""
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -15,9 +16,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from optuna.trial import TrialState
 
-from aelight import sweep
 from aelight.errors import ConfigError
+from aelight.sweep import command as sweep_command
+from aelight.sweep import preflight as sweep_preflight
+from aelight.sweep import results as sweep_results
+from aelight.sweep import spec as sweep_spec
+from aelight.sweep import study as sweep_study
+from aelight.sweep import trial as sweep_trial
+from aelight.sweep import workers as sweep_workers
+from aelight.trial_process import BEST_CHECKPOINT
 from tests.conftest import REPO
 
 CODE_SIZE = "model.init_args.encoder.init_args.out_features"
@@ -69,6 +78,78 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial_and_a_failin
     assert "failed (data.batch_size=0, seed=0): aelight fit exited with 1: data.batch_size must be" in proc.stderr
 
 
+def test_a_typo_in_a_grid_or_search_option_is_one_line_before_any_worker_starts(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    typo = {"model.init_args.optimiser.init_args.lr": [1e-3]}
+    with pytest.raises(SystemExit) as exit_:  # the whole command, its check in a process of its own
+        sweep_command.run([str(write_spec(tmp_path, typo)), f"--out={out}", "--devices=cpu"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    named = f"aelight: error: sweep spec {tmp_path / 'spec.yaml'}: grid.model.init_args.optimiser.init_args.lr: 0.001: "
+    assert err.startswith(named) and "optimiser.init_args.lr" in err.removeprefix(named), err
+    assert not out.exists()  # no study, no run folder
+    monkeypatch.chdir(REPO)
+    for grid, search, named in (  # the check itself: each value, each end of a range, each choice
+        ({"data.batch_size": [16, "many"]}, {}, "grid.data.batch_size: 'many'"),
+        ({}, {"trainer.max_epochs": {"low": 1, "high": 2.5}}, "search.trainer.max_epochs: 2.5"),
+        ({}, {"model.init_args.bogus": {"choices": [1, 2]}}, "search.model.init_args.bogus: 1"),
+    ):
+        spec = sweep_spec.load_spec(str(write_spec(tmp_path, grid, search=search, trials=2)))
+        checks = [(what, c.argv) for what, c in sweep_preflight.trial_checks(spec, [], tmp_path)]
+        what, problem = sweep_preflight.first_problem(checks)
+        assert what == named and problem, (what, problem)
+    fine = sweep_spec.load_spec(str(write_spec(tmp_path, {"data.batch_size": [16, 32]})))
+    assert (
+        sweep_preflight.first_problem([(w, c.argv) for w, c in sweep_preflight.trial_checks(fine, [], tmp_path)])
+        is None
+    )
+
+
+def test_a_one_class_sweep_reports_each_digit_s_auroc_from_its_report_and_their_mean(tiny_data, tmp_path):
+    spec = tmp_path / "one_class.yaml"
+    spec.write_text(yaml.safe_dump({"command": "anomaly", "config": str(REPO / "configs/anomaly/ae.yaml"),
+                                    "grid": {"digits": [0, 1]}, "seeds": [0], "report": ["auroc", "f1"],
+                                    "options": [*SHORT, "--trainer.max_epochs=2"]}))  # fmt: skip
+    out = tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, workers=1), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = rows(out)
+    assert sorted(r["digits"] for r in table) == ["0", "1"] and {r["status"] for r in table} == {"complete"}
+    for row in table:
+        folder = Path(row["run"]) / "report_seed0"
+        report = json.loads((folder / "report.json").read_text())
+        digit = report["digits"][row["digits"]]
+        assert float(row["auroc"]) == pytest.approx(digit["auroc"]) and float(row["f1"]) == pytest.approx(digit["f1"])
+        result = json.loads((folder / "result.json").read_text())  # what the sweep read
+        assert result["command"] == "anomaly" and result["status"] == "completed"
+        assert len((folder / "scores.csv").read_text().splitlines()) == 201  # header and each test image
+    mean = (float(table[0]["auroc"]) + float(table[1]["auroc"])) / 2
+    assert f"Mean auroc over the 2 settings: {mean:.4f}" in (out / "results.md").read_text()
+
+
+def test_a_tpe_search_prunes_a_trial_that_trails_and_reports_the_others_test_metrics(tiny_data, tmp_path):
+    spec = write_spec(tmp_path, {}, search={"model.init_args.optimizer.init_args.lr": {"low": 1e-6, "high": 0.3,
+                                                                                        "log": True}},
+                      trials=7, prune=True, seeds=[0], metric="val/loss", report=["val/loss", "test/mse"],
+                      options=[*SHORT, "--trainer.max_epochs=3", "--trainer.limit_train_batches=2"])  # fmt: skip
+    out = tmp_path / "sweep"
+    proc = subprocess.run(sweep_cmd(spec, out, tiny_data, workers=1), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = rows(out)
+    pruned = [r for r in table if r["status"] == "pruned"]
+    assert pruned, proc.stderr[-3000:]  # the sampler's seed makes the search the same every time
+    assert all(r["reason"].startswith("val/loss ") and "worse than the median" in r["reason"] for r in pruned)
+    for row in pruned:  # it stopped early: its run's result says so, and no test ran
+        results = Path(row["run"]) / "results"
+        assert json.loads((results / "seed0_fit.json").read_text())["status"] == "pruned"
+        assert not (results / "seed0_test.json").exists()
+    complete = [r for r in table if r["status"] == "complete"]
+    assert len(complete) + len(pruned) == 7
+    for row in complete:  # test/mse is what the trial's test run measured
+        test = json.loads((Path(row["run"]) / "results" / "seed0_test.json").read_text())
+        assert float(row["test/mse"]) == pytest.approx(test["metrics"]["test"]["test/mse"])
+
+
 def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoint(tiny_data, tmp_path):
     spec = write_spec(tmp_path, {}, command="features", metric="logistic_regression_test_accuracy",
                       report=["logistic_regression_test_accuracy", "val/mse"], app_options=["--max_iter=50"],
@@ -81,18 +162,19 @@ def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoi
     assert report["checkpoint"].endswith("seed0/version_0/checkpoints/best.ckpt")
     assert float(row["logistic_regression_test_accuracy"]) == pytest.approx(report["logistic_regression_test_accuracy"])
     assert 0 < float(row["val/mse"]) < 1  # fit's own metrics beside the report's
-    loaded = sweep.load_spec(str(spec))
-    assert loaded["direction"] == "maximize"
-    (fit, features) = sweep.trial_commands(
+    loaded = sweep_spec.load_spec(str(spec))
+    assert loaded.direction == "maximize"
+    (fit, features) = [c.argv for c in sweep_trial.trial_commands(
         loaded, {"seed": 0}, 0, tmp_path, ["--data.data_dir", "d/", "--data.val_size=100"]
-    )
-    assert features[:2] == ["features", f"--ckpt_path={tmp_path}/seed0/version_0/checkpoints/best.ckpt"]
+    )]  # fmt: skip
+    # the best checkpoint that the fit's result.json names
+    assert features[:2] == ["features", f"--ckpt_path={BEST_CHECKPOINT}"]
     assert "--data.data_dir=d/" in features and "--data.val_size=100" in features  # the data the fit had
     assert features[-2:] == ["--max_iter=50", f"--out={tmp_path}/features_seed0"]
     assert not [o for o in features if o.startswith("--trainer")]  # fit's options stay with the fit
     (tmp_path / "bad.yaml").write_text("config: configs/ae.yaml\napp_options: [--max_iter=5]")
     with pytest.raises(ConfigError, match="app_options are for a command among"):
-        sweep.load_spec(str(tmp_path / "bad.yaml"))
+        sweep_spec.load_spec(str(tmp_path / "bad.yaml"))
 
 
 def test_a_sweep_whose_every_trial_failed_says_so_and_exits_non_zero(tiny_data, tmp_path):
@@ -129,13 +211,13 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     assert "3 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # one finished before the kill
 
 
-GRID = {"search": {}, "grid": {"data.batch_size": [16, 32]}, "seeds": [0], "metric": "val/mse",
-        "direction": "minimize", "report": ["val/mse"]}  # fmt: skip
+GRID = sweep_spec.SweepSpec(path="t", grid={"data.batch_size": [16, 32]}, seeds=[0], metric="val/mse",
+                            direction="minimize", report=["val/mse"])  # fmt: skip
 
 
 def test_a_grid_point_drawn_twice_is_run_once_and_the_spare_trial_is_left_out(tmp_path):
-    spec = GRID | {"grid": {"data.batch_size": [16]}}
-    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    spec = dataclasses.replace(GRID, grid={"data.batch_size": [16]})
+    study = sweep_study.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
     ran = []
 
     def run(trial, params, seeds):
@@ -143,24 +225,24 @@ def test_a_grid_point_drawn_twice_is_run_once_and_the_spare_trial_is_left_out(tm
         return 0.02
 
     first = study.ask()
-    sweep.objective(first, spec, run)  # runs; its worker has not yet told the study
+    sweep_trial.objective(first, spec, run)  # runs; its worker has not yet told the study
     again = study.ask()  # a worker more than points left: Optuna's grid sampler hands out the running point
-    assert again.params == {} and sweep.left_to_start(study, spec) == 0
-    with pytest.raises(sweep.TrialFailed):
-        sweep.objective(again, spec, run)
+    assert again.params == {} and sweep_study.left_to_start(study, spec) == 0
+    with pytest.raises(sweep_trial.TrialFailed):
+        sweep_trial.objective(again, spec, run)
     assert ran == [first.number] and again.params == first.params
     study.tell(first, 0.02)
-    study.tell(again, state=sweep.TrialState.FAIL)
-    with pytest.raises(sweep.TrialFailed):  # a finished point is not run again either
-        sweep.objective(study.ask(), spec, run)
+    study.tell(again, state=TrialState.FAIL)
+    with pytest.raises(sweep_trial.TrialFailed):  # a finished point is not run again either
+        sweep_trial.objective(study.ask(), spec, run)
     assert ran == [first.number]
-    assert [r["trial"] for r in sweep.result_rows(study, spec)] == [first.number]
-    assert sweep.progress_line(study, study.trials[0], spec).endswith("[1 of 1 ended]")
+    assert [r["trial"] for r in sweep_results.result_rows(study, spec)] == [first.number]
+    assert sweep_results.progress_line(study, study.trials[0], spec).endswith("[1 of 1 ended]")
 
 
 def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = sweep.open_study(GRID, "s", url, create=True)
+    study = sweep_study.open_study(GRID, "s", url, create=True)
 
     def interrupted(trial, params, seeds):  # as run_trial records a run stopped by Ctrl-C
         trial.set_user_attr("interrupted", True)
@@ -168,13 +250,13 @@ def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
 
     for _ in range(2):  # both points were running when the sweep was stopped
         with pytest.raises(KeyboardInterrupt):
-            sweep.run_trials(study, GRID, interrupted)
-    assert sweep.requeue_interrupted(study, url, GRID) == 2
-    assert sweep.left_to_start(study, GRID) == 2  # the two queued trials, counted once
+            sweep_workers.run_trials(study, GRID, interrupted)
+    assert sweep_study.requeue_interrupted(study, url, GRID) == 2
+    assert sweep_study.left_to_start(study, GRID) == 2  # the two queued trials, counted once
     ran = []
-    sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
+    sweep_workers.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
     assert sorted(ran) == [16, 32]  # Optuna's grid sampler alone stops after the first: every point was visited
-    assert sweep.left_to_start(study, GRID) == 0
+    assert sweep_study.left_to_start(study, GRID) == 0
 
 
 def test_spec_configs_are_found_beside_the_spec_then_in_the_current_folder(tmp_path, monkeypatch):
@@ -186,36 +268,36 @@ def test_spec_configs_are_found_beside_the_spec_then_in_the_current_folder(tmp_p
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(tmp_path)  # here.yaml is in the current folder, mine.yaml beside the spec
-    spec = sweep.load_spec(str(lab / "spec.yaml"))
-    fit = sweep.trial_commands(spec, {"config": "here.yaml"}, 0, tmp_path / "runs", [])[0]
+    spec = sweep_spec.load_spec(str(lab / "spec.yaml"))
+    fit = sweep_trial.trial_commands(spec, {"config": "here.yaml"}, 0, tmp_path / "runs", [])[0].argv
     assert f"--config={lab / 'mine.yaml'}" in fit and "--config=here.yaml" in fit
     monkeypatch.chdir(elsewhere)  # from another folder, the one beside the spec is still found; here.yaml is not
     with pytest.raises(ConfigError, match="config file here.yaml not found .looked beside the spec"):
-        sweep.load_spec(str(lab / "spec.yaml"))
+        sweep_spec.load_spec(str(lab / "spec.yaml"))
 
 
 def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the specs name config files relative to where aelight runs
     for path in sorted((REPO / "configs/sweeps").glob("*.yaml")):  # every shipped spec, its configs present
-        spec = sweep.load_spec(str(path))
-        configs = [*spec["config"], *spec["grid"].get("config", [])]
+        spec = sweep_spec.load_spec(str(path))
+        configs = [*spec.config, *spec.grid.get("config", [])]
         assert configs and all((REPO / c).exists() for c in configs), path.name
-    likelihood = sweep.load_spec(str(REPO / "configs/sweeps/likelihood.yaml"))
-    assert likelihood["command"] == "nll" and likelihood["direction"] == "minimize"
-    variants = sweep.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
-    assert len(variants["grid"]["config"]) >= 7 and variants["seeds"] == [0, 1, 2]
-    assert all((REPO / c).exists() for c in variants["grid"]["config"])
-    one_class = sweep.load_spec(str(REPO / "configs/sweeps/one_class.yaml"))
-    assert one_class["command"] == "anomaly" and one_class["grid"]["digits"] == list(range(10))
-    assert one_class["direction"] == "maximize"
-    assert one_class["config"] == ["configs/anomaly/restoration.yaml"]  # the recipe; the first one stays runnable
-    assert sweep.load_spec(str(REPO / "configs/sweeps/one_class_mlp.yaml"))["config"] == ["configs/anomaly/ae.yaml"]
+    likelihood = sweep_spec.load_spec(str(REPO / "configs/sweeps/likelihood.yaml"))
+    assert likelihood.command == "nll" and likelihood.direction == "minimize"
+    variants = sweep_spec.load_spec(str(REPO / "configs/sweeps/variants.yaml"))
+    assert len(variants.grid["config"]) >= 7 and variants.seeds == [0, 1, 2]
+    assert all((REPO / c).exists() for c in variants.grid["config"])
+    one_class = sweep_spec.load_spec(str(REPO / "configs/sweeps/one_class.yaml"))
+    assert one_class.command == "anomaly" and one_class.grid["digits"] == list(range(10))
+    assert one_class.direction == "maximize"
+    assert one_class.config == ["configs/anomaly/restoration.yaml"]  # the recipe; the first one stays runnable
+    assert sweep_spec.load_spec(str(REPO / "configs/sweeps/one_class_mlp.yaml")).config == ["configs/anomaly/ae.yaml"]
     for name in ("features", "features_wta128"):  # fit, then the linear probe of the best checkpoint's features
-        probe = sweep.load_spec(str(REPO / f"configs/sweeps/{name}.yaml"))
-        assert probe["command"] == "features" and probe["direction"] == "maximize"
-        assert probe["metric"] == "logistic_regression_test_accuracy" and probe["seeds"] == [0, 1, 2]
-    search = sweep.load_spec(str(REPO / "configs/sweeps/ae_search.yaml"))
-    assert search["prune"] and search["trials"] == 20 and search["metric"] == "val/loss"
+        probe = sweep_spec.load_spec(str(REPO / f"configs/sweeps/{name}.yaml"))
+        assert probe.command == "features" and probe.direction == "maximize"
+        assert probe.metric == "logistic_regression_test_accuracy" and probe.seeds == [0, 1, 2]
+    search = sweep_spec.load_spec(str(REPO / "configs/sweeps/ae_search.yaml"))
+    assert search.prune and search.trials == 20 and search.metric == "val/loss"
     for text, message in (
         ("grid: {data.batch_size: 16}", "must be a non-empty list"),
         ("grid: {a: [1]}\nsurprise: 1", "unknown key"),
@@ -231,23 +313,23 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     ):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
-            sweep.load_spec(str(tmp_path / "bad.yaml"))
-    code_size = sweep.load_spec(str(REPO / "configs/sweeps/code_size.yaml"))  # the decoder's input linked
-    (fit, _test) = sweep.trial_commands(code_size, {CODE_SIZE: 8, "seed": 0}, 0, tmp_path, [])
+            sweep_spec.load_spec(str(tmp_path / "bad.yaml"))
+    code_size = sweep_spec.load_spec(str(REPO / "configs/sweeps/code_size.yaml"))  # the decoder's input linked
+    fit = sweep_trial.trial_commands(code_size, {CODE_SIZE: 8, "seed": 0}, 0, tmp_path, [])[0].argv
     assert f"--{CODE_SIZE}=8" in fit and "--model.init_args.decoder.init_args.in_features=8" in fit
-    vae = sweep.load_spec(str(REPO / "configs/sweeps/vae_beta.yaml"))  # the encoder gives twice the latent size
-    (fit, _test) = sweep.trial_commands(vae, {LATENT: 8, "model.init_args.beta": 2.0, "seed": 0}, 0, tmp_path, [])
+    vae = sweep_spec.load_spec(str(REPO / "configs/sweeps/vae_beta.yaml"))  # the encoder gives twice the latent size
+    fit = sweep_trial.trial_commands(vae, {LATENT: 8, "model.init_args.beta": 2.0, "seed": 0}, 0, tmp_path, [])[0].argv
     assert f"--{LATENT}=8" in fit and f"--{CODE_SIZE}=16" in fit and "--model.init_args.beta=2.0" in fit
-    halved = vae | {"link": {LATENT: {"from": CODE_SIZE, "times": 0.5}}}
-    (fit, _test) = sweep.trial_commands(halved, {CODE_SIZE: 64, "seed": 0}, 0, tmp_path, [])
+    halved = dataclasses.replace(vae, link={LATENT: {"from": CODE_SIZE, "times": 0.5}})
+    fit = sweep_trial.trial_commands(halved, {CODE_SIZE: 64, "seed": 0}, 0, tmp_path, [])[0].argv
     assert f"--{LATENT}=32" in fit  # a whole number stays one: the option takes an int
     for metric, direction in (("test/elbo", "maximize"), ("val/psnr_best", "maximize"), ("f1", "maximize"),
                               ("test/nll", "minimize"), ("val/loss", "minimize")):  # fmt: skip
         (tmp_path / "m.yaml").write_text(f"config: configs/ae.yaml\nmetric: {metric}")
-        assert sweep.load_spec(str(tmp_path / "m.yaml"))["direction"] == direction, metric
+        assert sweep_spec.load_spec(str(tmp_path / "m.yaml")).direction == direction, metric
     (tmp_path / "seeds.yaml").write_text("config: configs/ae.yaml\nseeds: [0, 1, 2]")  # one setting, three seeds
-    seeds_only = sweep.load_spec(str(tmp_path / "seeds.yaml"))
-    assert seeds_only["grid"] == {} and seeds_only["seeds"] == [0, 1, 2]
+    seeds_only = sweep_spec.load_spec(str(tmp_path / "seeds.yaml"))
+    assert seeds_only.grid == {} and seeds_only.seeds == [0, 1, 2]
     proc = subprocess.run([sys.executable, "-m", "aelight", "sweep", str(tmp_path / "missing.yaml")], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "missing.yaml" in proc.stderr
@@ -263,7 +345,7 @@ def test_devices_that_do_not_exist_are_one_line_and_write_nothing(tmp_path, caps
         (["--devices=cpu", "--trainer.fast_dev_run", "true"], "a fast_dev_run keeps no logs or checkpoints"),
     ):
         with pytest.raises(SystemExit) as exit_:
-            sweep.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", *argv])
+            sweep_command.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", *argv])
         assert exit_.value.code == 1 and message in capsys.readouterr().err
     assert not out.exists()
 
@@ -272,16 +354,18 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path
     out = tmp_path / "sweep"
     for url in ("nosuchdb://host/x", f"sqlite:///{tmp_path}/no/such/folder/study.db"):
         with pytest.raises(SystemExit) as exit_:
-            sweep.run([str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", "--devices=cpu", f"--storage={url}"])
+            sweep_command.run(
+                [str(REPO / "configs/sweeps/variants.yaml"), f"--out={out}", "--devices=cpu", f"--storage={url}"]
+            )
         err = capsys.readouterr().err
         assert exit_.value.code == 1 and f"--storage {url}: cannot open it" in err and "Traceback" not in err
     assert not out.exists()
 
 
-def test_a_failed_trial_s_reason_is_the_parser_s_explanation_without_its_search():
-    output = """usage: aelight [options] fit [-c CONFIG]
-tip: For details of accepted options run: aelight fit --help
-error: Parser key "model":
+def test_a_failed_run_s_reason_is_the_parser_s_explanation_without_its_search():
+    from aelight.cli import parser_reason
+
+    message = """Parser key "model":
   Does not validate against any of the Union subtypes
   Subtypes: [<class 'aelight.models.autoencoder.AE'>, <class 'NoneType'>]
   Errors:
@@ -291,47 +375,48 @@ error: Parser key "model":
   Given value type: <class 'jsonargparse._util.NestedArg'>
   Given value: NestedArg(key='bogus', val='2')
 """
-    assert sweep.failure_reason(output, 2) == (
-        "error: Parser key \"model\": Problem with given class_path 'aelight.models.AE': Option 'bogus' is not accepted"
-    )
-    assert sweep.failure_reason("aelight: error: data.batch_size must be at least 1\n", 1) == (
-        "data.batch_size must be at least 1"
+    assert parser_reason(message) == (
+        "Parser key \"model\": Problem with given class_path 'aelight.models.AE': Option 'bogus' is not accepted"
     )
 
 
 def test_results_tables_average_seeds_and_rank_settings():
-    spec = {"metric": "test/mse", "direction": "minimize", "report": ["test/mse"]}
+    spec = sweep_spec.SweepSpec(path="t", metric="test/mse", direction="minimize", report=["test/mse"])
     table = [
         {"trial": 0, "status": "complete", "seed": 0, "lr": 0.1, "test/mse": 0.3},
         {"trial": 1, "status": "complete", "seed": 1, "lr": 0.1, "test/mse": 0.5},
         {"trial": 2, "status": "complete", "seed": 0, "lr": 0.01, "test/mse": 0.2},
         {"trial": 3, "status": "failed", "seed": 1, "lr": 0.01, "test/mse": None, "reason": "boom"},
     ]
-    markdown = sweep.results_markdown(table, spec, "t")
+    markdown = sweep_results.results_markdown(table, spec, "t")
     lines = [line for line in markdown.splitlines() if line.startswith("| lr=")]
     assert lines == ["| lr=0.01 | 1 | 0.2000 |", "| lr=0.1 | 2 | 0.4000 ± 0.1414 |"]
     assert "Mean" not in markdown  # a mean over learning rates means nothing; over digits it is the protocol's figure
-    with_options = sweep.results_markdown(table, spec, "t", ["--trainer.max_epochs=10"])
+    with_options = sweep_results.results_markdown(table, spec, "t", ["--trainer.max_epochs=10"])
     assert "seeds.\n\nEvery trial also had --trainer.max_epochs=10.\n\n| setting" in with_options  # how it was made
     digits = [{"trial": d, "status": "complete", "seed": 42, "digits": d, "auroc": a} for d, a in ((0, 0.9), (1, 0.8))]
-    one_class = {"command": "anomaly", "metric": "auroc", "direction": "maximize", "report": ["auroc"]}
-    assert "Mean auroc over the 2 settings: 0.8500" in sweep.results_markdown(digits, one_class, "t")
+    one_class = sweep_spec.SweepSpec(
+        path="t", command="anomaly", metric="auroc", direction="maximize", report=["auroc"]
+    )
+    assert "Mean auroc over the 2 settings: 0.8500" in sweep_results.results_markdown(digits, one_class, "t")
     seeds = [{"trial": 2 * d + s, "status": "complete", "seed": s, "digits": d, "auroc": a}
              for d, pair in enumerate(((0.9, 0.7), (0.8, 0.6))) for s, a in enumerate(pair)]  # fmt: skip
     # the protocol's mean over digits per seed (0.85 and 0.65), then their mean and spread over seeds
-    assert "over seeds 0.7500 ± 0.1414 (0: 0.8500, 1: 0.6500)" in sweep.results_markdown(seeds, one_class, "t")
+    assert "over seeds 0.7500 ± 0.1414 (0: 0.8500, 1: 0.6500)" in sweep_results.results_markdown(seeds, one_class, "t")
     nested = [{"trial": 0, "status": "complete", "seed": 0, f"{CODE_SIZE}": 8, "test/mse": 0.3}]
-    assert "| model.encoder.out_features=8 | 1 | 0.3000 |" in sweep.results_markdown(nested, spec, "t")
+    assert "| model.encoder.out_features=8 | 1 | 0.3000 |" in sweep_results.results_markdown(nested, spec, "t")
     searched = [{"trial": n, "status": "complete", "seed": 0, "lr": lr, "test/mse": 0.1 + n}
                 for n, lr in enumerate((0.0027583475549166764, 0.0027583475549166999))]  # fmt: skip
-    shown = [line for line in sweep.results_markdown(searched, spec, "t").splitlines() if line.startswith("| lr=")]
+    shown = [
+        line for line in sweep_results.results_markdown(searched, spec, "t").splitlines() if line.startswith("| lr=")
+    ]
     assert shown == ["| lr=0.002758 | 1 | 0.1000 |", "| lr=0.002758 | 1 | 1.1000 |"]  # 4 digits, two settings
     # an interrupted trial run again to completion is not listed as missing; one not yet run again is
     table += [
         {"trial": 4, "status": "failed", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
         {"trial": 5, "status": "failed", "seed": 0, "lr": 0.5, "test/mse": None, "reason": "interrupted"},
     ]
-    missing = sweep.results_markdown(table, spec, "t").split("Not completed:")[1]
+    missing = sweep_results.results_markdown(table, spec, "t").split("Not completed:")[1]
     assert "trial 3 (seed 1): failed: boom" in missing and "trial 5 (seed 0)" in missing and "trial 4" not in missing
     assert "trial 3 (seed 1): failed: boom" in markdown
 
@@ -339,12 +424,13 @@ def test_results_tables_average_seeds_and_rank_settings():
 def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_path, monkeypatch):
     import optuna
 
-    from aelight.sweep_pruning import TRIAL_ENV, SweepPruning
+    from aelight.sweep.pruning import SweepPruning
+    from aelight.sweep.trial import TRIAL_ENV
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    spec = {"search": {"lr": {"low": 1e-4, "high": 1e-2}}, "trials": 7, "prune": True, "seeds": [0],
-            "grid": {}, "direction": "minimize", "report": ["val/loss"]}  # fmt: skip
-    study = sweep.open_study(spec, "s", storage, create=True)
+    spec = sweep_spec.SweepSpec(path="t", search={"lr": {"low": 1e-4, "high": 1e-2}}, trials=7, prune=True, seeds=[0],
+                                direction="minimize", metric="val/loss", report=["val/loss"])  # fmt: skip
+    study = sweep_study.open_study(spec, "s", storage, create=True)
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-2)
     for i in range(5):  # five finished trials, val/loss 0.10 ... 0.14 at every epoch
         values = {epoch: 0.1 + 0.01 * i for epoch in range(4)}
@@ -358,23 +444,23 @@ def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_
         # the sweep's pruner waits 2 epochs; Optuna's default pruner would stop at the first
         assert run_trial.should_prune() == (epoch == 2)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    (row,) = [r for r in sweep.result_rows(study, spec) if r["status"] == "pruned"]
+    (row,) = [r for r in sweep_results.result_rows(study, spec) if r["status"] == "pruned"]
     assert row["reason"] == "val/loss 0.5 after 3 epochs, worse than the median of earlier trials there"
 
 
 def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(tmp_path):
-    spec = {"search": {}, "grid": {"data.batch_size": [16, 32]}, "seeds": [0], "direction": "minimize",
-            "report": ["val/mse"]}  # fmt: skip
-    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    spec = sweep_spec.SweepSpec(path="t", grid={"data.batch_size": [16, 32]}, seeds=[0], direction="minimize",
+                                metric="val/mse", report=["val/mse"])  # fmt: skip
+    study = sweep_study.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
     done = study.ask()
     done.set_user_attr("metrics", {"0": {"val/mse": 0.02}})
     study.tell(done, 0.02)
     running = study.ask()  # taken by a worker elsewhere, not finished
     running.suggest_categorical("data.batch_size", [16, 32])
     running.suggest_categorical("seed", [0])
-    table = sweep.result_rows(study, spec)
+    table = sweep_results.result_rows(study, spec)
     assert [r["status"] for r in table] == ["complete", "running"]
-    markdown = sweep.results_markdown(table, spec | {"metric": "val/mse"}, "s")
+    markdown = sweep_results.results_markdown(table, spec, "s")
     assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
 
 
@@ -384,10 +470,10 @@ def test_results_of_a_sweep_as_it_stands_are_written_and_printed_without_startin
     monkeypatch.chdir(REPO)
     path, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
     with pytest.raises(ConfigError, match=f"no sweep at {out}: run the command without --results first"):
-        sweep.main([str(path), f"--out={out}", "--results"])
+        sweep_command.main([str(path), f"--out={out}", "--results"])
     out.mkdir()
-    spec, url = sweep.load_spec(str(path)), f"sqlite:///{out / 'study.db'}"
-    study = sweep.open_study(spec, "spec", url, create=True)
+    spec, url = sweep_spec.load_spec(str(path)), f"sqlite:///{out / 'study.db'}"
+    study = sweep_study.open_study(spec, "spec", url, create=True)
     for value in (0.02, None):  # one trial complete, one under way on another machine
         trial = study.ask()
         trial.suggest_categorical("data.batch_size", [16, 32])
@@ -395,32 +481,34 @@ def test_results_of_a_sweep_as_it_stands_are_written_and_printed_without_startin
         if value:
             trial.set_user_attr("metrics", {str(seed): {"val/mse": value, "val/psnr": 17.0}})
             study.tell(trial, value)
-    sweep.main([str(path), f"--out={out}", "--results", f"--data.data_dir={tmp_path}"])
+    sweep_command.main([str(path), f"--out={out}", "--results", f"--data.data_dir={tmp_path}"])
     printed = capsys.readouterr().out
     assert "| setting | seeds | val/mse | val/psnr |" in printed and "| 1 | 0.0200 | 17.0000 |" in printed
     assert "running: not finished when these results were written" in printed
     assert [r["status"] for r in rows(out)] == ["complete", "running"]
-    after = sweep.open_study(spec, "spec", url, create=False).trials
+    after = sweep_study.open_study(spec, "spec", url, create=False).trials
     assert [t.state.name for t in after] == ["COMPLETE", "RUNNING"] and not (out / "runs").exists()
     with pytest.raises(ConfigError, match="holds no sweep other"):
-        sweep.main([str(path), f"--out={out}", "--results", "--storage", url, "--study_name=other"])
+        sweep_command.main([str(path), f"--out={out}", "--results", "--storage", url, "--study_name=other"])
 
 
 def test_a_sweep_continued_with_other_trial_options_or_another_grid_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    spec = sweep.load_spec(str(write_spec(tmp_path, {"data.batch_size": [16, 32]})))
-    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    spec = sweep_spec.load_spec(str(write_spec(tmp_path, {"data.batch_size": [16, 32]})))
+    study = sweep_study.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
     first = ["--data.data_dir", "/a/data", "--trainer.max_epochs", "2"]
-    sweep.check_same_trials(study, spec, first, "out")  # records how its trials run
-    sweep.check_same_trials(
+    sweep_study.check_same_trials(study, spec, first, "out")  # records how its trials run
+    sweep_study.check_same_trials(
         study, spec, ["--data.data_dir=/b/data", "--trainer.max_epochs=2"], "out"
     )  # another machine
     with pytest.raises(ConfigError, match="run with --trainer.max_epochs=2, this command gives --trainer.max_epochs=3"):
-        sweep.check_same_trials(study, spec, ["--data.data_dir=/a/data", "--trainer.max_epochs", "3"], "out")
-    wider = spec | {"grid": {"data.batch_size": [16, 32, 64]}}
+        sweep_study.check_same_trials(study, spec, ["--data.data_dir=/a/data", "--trainer.max_epochs", "3"], "out")
+    wider = dataclasses.replace(spec, grid={"data.batch_size": [16, 32, 64]})
     with pytest.raises(ConfigError, match=r"its spec has changed since it started \(grid\)"):
-        sweep.check_same_trials(study, wider, first, "out")
-    sweep.check_same_trials(study, spec | {"trials": 40, "workers_per_device": 3}, first, "out")  # more trials: fine
+        sweep_study.check_same_trials(study, wider, first, "out")
+    sweep_study.check_same_trials(
+        study, dataclasses.replace(spec, trials=40, workers_per_device=3), first, "out"
+    )  # more trials: fine
 
 
 @pytest.mark.parametrize("stop, workers", [("SIGINT", 2), ("SIGTERM", 1)])
@@ -444,10 +532,10 @@ def test_ctrl_c_or_sigterm_stops_every_worker_and_run_without_a_traceback(tiny_d
 
 
 def test_each_worker_is_pinned_to_its_gpu_or_to_none_with_its_share_of_the_cores():
-    env, options = sweep.worker_placement("2", threads=4)
+    env, options = sweep_workers.worker_placement("2", threads=4)
     assert env == {"CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
     assert options == ["--trainer.accelerator=gpu", "--trainer.devices=1"]  # device 0 of what it sees: GPU 2
-    env, options = sweep.worker_placement(None, threads=1)
+    env, options = sweep_workers.worker_placement(None, threads=1)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
     assert options == ["--trainer.accelerator=cpu"]
 
@@ -485,44 +573,45 @@ def test_a_worker_or_run_stops_when_its_sweep_is_killed_outright(tmp_path):
     assert stopped.read_text() == "stopped"
 
 
-def _take_trials(url: str, spec: dict, worker_index: int) -> None:
-    study = sweep.open_study(spec, "s", url, create=False, worker_index=worker_index)
-    sweep.run_trials(study, spec, lambda trial, params, seeds: time.sleep(0.02 * (trial.number % 3)) or 1.0)
+def _take_trials(url: str, spec, worker_index: int) -> None:
+    study = sweep_study.open_study(spec, "s", url, create=False, worker_index=worker_index)
+    sweep_workers.run_trials(study, spec, lambda trial, params, seeds: time.sleep(0.02 * (trial.number % 3)) or 1.0)
 
 
 @pytest.mark.parametrize("space", ["grid", "search"])
 def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, space):
     import multiprocessing
 
-    spec = GRID | ({"grid": {"data.batch_size": list(range(1, 16))}, "seeds": [0, 1]} if space == "grid" else
-                   {"grid": {}, "search": {"model.init_args.lr": {"low": 0.1, "high": 1.0}}, "trials": 30})  # fmt: skip
+    if space == "grid":
+        spec = dataclasses.replace(GRID, grid={"data.batch_size": list(range(1, 16))}, seeds=[0, 1])
+    else:
+        spec = dataclasses.replace(GRID, grid={}, search={"model.init_args.lr": {"low": 0.1, "high": 1.0}}, trials=30)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    sweep.open_study(spec, "s", url, create=True)
+    sweep_study.open_study(spec, "s", url, create=True)
     workers = [multiprocessing.get_context("fork").Process(target=_take_trials, args=(url, spec, i)) for i in range(8)]
     for w in workers:
         w.start()
     for w in workers:
         w.join(timeout=120)
     assert [w.exitcode for w in workers] == [0] * 8
-    study = sweep.open_study(spec, "s", url, create=False)
-    complete = [t for t in study.trials if t.state == sweep.TrialState.COMPLETE]
-    assert len(complete) == 30 and sweep.left_to_start(study, spec) == 0
+    study = sweep_study.open_study(spec, "s", url, create=False)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 30 and sweep_study.left_to_start(study, spec) == 0
     if space == "grid":  # each point and seed once, though Optuna's grid sampler hands out running points again
-        assert len({sweep._key(t.params) for t in complete}) == 30
-    assert len(sweep.result_rows(study, spec)) == 30  # spare trials (drawn, not run) are not results
+        assert len({sweep_study.key(t.params) for t in complete}) == 30
+    assert len(sweep_results.result_rows(study, spec)) == 30  # spare trials (drawn, not run) are not results
 
 
 def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the_worker_goes_on(tmp_path, monkeypatch):
-    def unreadable(spec, run_root, seed):
-        raise ValueError(f"no results for seed {seed}")
+    def unreadable(commands, env, log):
+        raise ValueError(f"no results for seed {commands[0].argv[-1].split('=')[1]}")
 
-    monkeypatch.setattr(sweep, "run_commands", lambda cmds, env, log: None)  # the runs "ran"
-    monkeypatch.setattr(sweep, "run_metrics", unreadable)
-    spec = GRID | {"config": ["configs/ae.yaml"], "command": "fit", "link": {}, "options": []}
-    study = sweep.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
-    run = functools.partial(sweep.run_trial, spec=spec, out=tmp_path, extra=[], env={}, storage="s")
-    sweep.run_trials(study, spec, run)  # both trials, though each one's results cannot be read
-    assert [t.state for t in study.trials] == [sweep.TrialState.FAIL] * 2
+    monkeypatch.setattr(sweep_trial, "run_seed", unreadable)  # the runs' results cannot be read
+    spec = dataclasses.replace(GRID, config=["configs/ae.yaml"], command="fit", link={}, options=[])
+    study = sweep_study.open_study(spec, "s", f"sqlite:///{tmp_path / 'study.db'}", create=True)
+    run = functools.partial(sweep_trial.run_trial, spec=spec, out=tmp_path, extra=[], env={}, storage="s")
+    sweep_workers.run_trials(study, spec, run)  # both trials, though each one's results cannot be read
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     reason = study.trials[0].user_attrs["reason"]
     assert reason.startswith("ValueError: no results for seed 0 (its traceback is in ")
     assert reason.endswith("trial_0/output.log)")
@@ -531,39 +620,43 @@ def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the
 
 def test_a_trial_whose_worker_died_before_drawing_is_set_aside_and_every_point_still_runs(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = sweep.open_study(GRID, "s", url, create=True)
+    study = sweep_study.open_study(GRID, "s", url, create=True)
     here = study.ask()  # its worker on this machine was killed before it drew its setting
     gone = subprocess.Popen([sys.executable, "-c", ""])
     gone.wait()
-    here.set_user_attr(sweep.RUNNING_HERE, f"{socket.gethostname()}:{gone.pid}")
+    here.set_user_attr(sweep_study.RUNNING_HERE, f"{socket.gethostname()}:{gone.pid}")
     lost = study.ask()  # killed between Optuna's ask and the objective's first line: nothing says where
-    assert sweep.requeue_interrupted(study, url, GRID) == 0  # none was interrupted; both points are queued
-    assert [t.state for t in study.trials[:2]] == [sweep.TrialState.FAIL, sweep.TrialState.RUNNING]
-    assert lost.number not in [r["trial"] for r in sweep.result_rows(study, GRID)]  # no setting: not a result row
-    monkeypatch.setattr(sweep, "DRAWING_S", 0)  # as a minute later
-    sweep.requeue_interrupted(study, url, GRID)
-    assert study.trials[lost.number].state == sweep.TrialState.FAIL
-    assert not {here.number, lost.number} & {r["trial"] for r in sweep.result_rows(study, GRID)}  # no rows of theirs
+    assert sweep_study.requeue_interrupted(study, url, GRID) == 0  # none was interrupted; both points are queued
+    assert [t.state for t in study.trials[:2]] == [TrialState.FAIL, TrialState.RUNNING]
+    assert lost.number not in [
+        r["trial"] for r in sweep_results.result_rows(study, GRID)
+    ]  # no setting: not a result row
+    monkeypatch.setattr(sweep_study, "DRAWING_S", 0)  # as a minute later
+    sweep_study.requeue_interrupted(study, url, GRID)
+    assert study.trials[lost.number].state == TrialState.FAIL
+    assert not {here.number, lost.number} & {
+        r["trial"] for r in sweep_results.result_rows(study, GRID)
+    }  # no rows of theirs
     ran = []
     started = time.time()
-    sweep.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
+    sweep_workers.run_trials(study, GRID, lambda trial, params, seeds: ran.append(params["data.batch_size"]) or 0.02)
     assert sorted(ran) == [16, 32] and time.time() - started < 5  # no trial waits for the lost one
 
 
 def test_a_trial_whose_machine_went_silent_is_failed_by_its_heartbeat_and_run_again(tmp_path, monkeypatch):
     import optuna
 
-    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(sweep, "GRACE_S", 2)
+    monkeypatch.setattr(sweep_study, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep_study, "GRACE_S", 2)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = sweep.open_study(GRID, "s", url, create=True)
+    study = sweep_study.open_study(GRID, "s", url, create=True)
     elsewhere = study.ask()  # a worker on another machine drew its setting, beat once, then went silent
-    elsewhere.set_user_attr(sweep.RUNNING_HERE, "another-machine:1")
+    elsewhere.set_user_attr(sweep_study.RUNNING_HERE, "another-machine:1")
     elsewhere.suggest_categorical("data.batch_size", [16, 32])
     elsewhere.suggest_categorical("seed", [0])
     storage = optuna.storages.RDBStorage(url)
     storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), 0))
-    assert sweep.left_to_start(study, GRID) == 1  # its point is taken while it may still be running
+    assert sweep_study.left_to_start(study, GRID) == 1  # its point is taken while it may still be running
     time.sleep(3)
     ran = []
 
@@ -572,15 +665,18 @@ def test_a_trial_whose_machine_went_silent_is_failed_by_its_heartbeat_and_run_ag
         trial.set_user_attr("metrics", {"0": {"val/mse": 0.02}})
         return 0.02
 
-    sweep.run_trials(study, GRID, run)
+    sweep_workers.run_trials(study, GRID, run)
     assert sorted(ran) == [16, 32]  # this machine's worker failed it and ran its point too
-    (row,) = [r for r in sweep.result_rows(study, GRID) if r["trial"] == elsewhere.number]
+    (row,) = [r for r in sweep_results.result_rows(study, GRID) if r["trial"] == elsewhere.number]
     assert row["status"] == "failed" and row["reason"].startswith("interrupted: its worker stopped")
-    assert "Not completed" not in sweep.results_markdown(sweep.result_rows(study, GRID), GRID, "s")  # run again
+    assert "Not completed" not in sweep_results.results_markdown(
+        sweep_results.result_rows(study, GRID), GRID, "s"
+    )  # run again
 
 
 def test_the_sweep_and_the_command_table_start_without_torch_or_lightning():
     # the sweep's process and its workers stay light; each worker's forkserver imports the libraries once
-    code = "import sys, aelight.commands, aelight.sweep; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    modules = "aelight.commands, aelight.sweep.command, aelight.run_result"
+    code = f"import sys, {modules}; print(sorted({{'torch', 'lightning'}} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr[-2000:]

@@ -175,10 +175,33 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
 
 def test_untouched_checkpoints_still_load_with_their_class_paths(fitted, tmp_path):
     from aelight import trust
+    from aelight.apps.common import checkpoint_model_class
 
     for name in ("ae", "vae"):
         checkpoint = trust.load_checkpoint(fitted[name])
-        assert trust.model_class(checkpoint, fitted[name]).__name__ == name.upper()
+        assert checkpoint_model_class(checkpoint, fitted[name]).__name__ == name.upper()
+
+
+def test_the_allow_list_is_data_that_names_every_class_aelight_exports_and_nothing_else():
+    import inspect
+
+    from aelight import components, models, trust
+    from aelight.data import MNISTDataModule
+
+    exported = [getattr(models, n) for n in models.__all__] + [MNISTDataModule]
+    exported += [c for c in (getattr(components, n) for n in components.__all__) if isinstance(c, type)]
+    for cls in exported:  # under the defining module's name and the package's
+        assert trust.allowed_class(f"{cls.__module__}.{cls.__name__}") is cls, cls
+        package = cls.__module__.rsplit(".", 1)[0]
+        assert trust.allowed_class(f"{package}.{cls.__name__}") is cls, cls
+    defined = {f"{m}.{n}" for m, names in trust.AELIGHT_CLASSES.items() for n in names}
+    assert defined == {f"{c.__module__}.{c.__name__}" for c in exported}  # a new model or network is listed too
+    assert trust.allowed_class("torch.optim.Adam") is torch.optim.Adam
+    for refused in ("aelight.models.autoencoder.torch", "aelight.cli.AELightCLI", "os.system", "aelight.models.F"):
+        assert not trust.is_allowed(refused) and trust.allowed_class(refused) is None
+    # checking a checkpoint's class paths imports no model: the table is data
+    source = inspect.getsource(trust)
+    assert "from aelight import" not in source and "import aelight.models" not in source
 
 
 def test_a_users_own_module_can_be_trusted_explicitly(fitted, tmp_path, monkeypatch):

@@ -212,7 +212,8 @@ def figures(report: dict, histograms: dict) -> dict:
     return {"score_histograms": fig}
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """``aelight anomaly``'s own options; any other is an ``aelight fit`` option of each digit's run."""
     parser = common.application_parser(
         "anomaly",
         "One-class anomaly detection: for each digit, trains the model of --config on that digit's training\n"
@@ -241,4 +242,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--percentile", type=percentile, default=95.0, help="threshold: this percentile (0-100) of normal scores"
     )
-    common.run_main(run, parser, argv, forward=True, report="anomaly")
+    return parser
+
+
+def main(argv=None) -> None:
+    common.run_main(run, parser(), argv, forward=True, report="anomaly")

@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
-from aelight import safe_files, trust
+from aelight import run_result, safe_files, trust
 from aelight.checkpoint_io import weight_shapes, weights_mismatch
 from aelight.data import MNISTDataModule
 from aelight.data.pixels import to_float_images
@@ -91,6 +92,7 @@ def run_main(
             folder = report_dir_path(getattr(args, "ckpt_path", None), report, args.out)
             created = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
             args.report_folder = prepare_report_dir(folder)
+            _record(folder=args.report_folder)
         fn(args)
     except Exception as err:
         message = user_message(err)
@@ -120,7 +122,7 @@ def load_model(ckpt: str, device: str) -> AE:
     ``aelight.trust``'s allow-list before anything it names is imported. Speed settings that old
     checkpoints kept among the model's arguments (now the training engine's) are left out."""
     checkpoint = trust.load_checkpoint(ckpt)
-    model_class = trust.model_class(checkpoint, ckpt)
+    model_class = checkpoint_model_class(checkpoint, ckpt)
     hparams = checkpoint.get("hyper_parameters") or {}
     config = {k: v for k, v in hparams.items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
     try:
@@ -144,6 +146,20 @@ def load_model(ckpt: str, device: str) -> AE:
         )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval().to(device)
+
+
+def checkpoint_model_class(checkpoint: dict, path) -> type:
+    """The aelight model class a checked checkpoint names (the plain AE if it names none)."""
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "aelight.models.AE")
+    cls = trust.allowed_class(class_path)
+    if cls is None and trust.is_allowed(class_path):  # a user's trusted module
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, AE)):
+        raise trust.UntrustedCheckpointError(
+            f"checkpoint {path} names the model class {class_path!r}, not an aelight model"
+        )
+    return cls
 
 
 def data(data_dir: str, **kw) -> MNISTDataModule:
@@ -208,9 +224,21 @@ def write_report(folder: Path, report: dict, figures: dict) -> Path:
         writer.add_text(f"apps/{folder.name}/report", "```\n" + json.dumps(report, indent=2) + "\n```")
     path = folder / "report.json"
     safe_files.write_text(path, json.dumps(report, indent=2) + "\n", what="report")
+    _record(folder=folder, report=path, numbers=run_result.numbers(report))
     print(json.dumps(report, indent=2))
     print(f"report and figures written to {folder}")
     return path
+
+
+def _record(folder: Path, report: Optional[Path] = None, numbers: Optional[dict] = None) -> None:
+    """The report folder (where result.json goes), report.json and its numbers, into the command's result."""
+    result = run_result.current()
+    if result is None:
+        return
+    result.folder = str(Path(folder).absolute())
+    if report is not None:
+        result.report = str(Path(report).absolute())
+        result.metrics["report"] = numbers or {}
 
 
 def device_name(device: str) -> str:

@@ -1,0 +1,184 @@
+"""``aelight sweep``'s command line: the options, the checks made before anything starts, the
+workers started and stopped, and the results written at the end."""
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+from optuna.trial import TrialState
+
+from aelight import safe_files
+from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
+from aelight.runtime import adopt_orphans, reap_orphans
+from aelight.sweep.preflight import check_options
+from aelight.sweep.results import write_results
+from aelight.sweep.spec import SweepSpec, as_list, load_spec, trial_options
+from aelight.sweep.study import (
+    PRUNING_MONITOR,
+    STUDY_FILE,
+    check_same_trials,
+    counted,
+    left_to_start,
+    open_storage,
+    open_study,
+    requeue_interrupted,
+)  # fmt: skip
+from aelight.sweep.workers import Stop, devices, start_workers, stop_workers, worker
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aelight sweep",
+        description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
+        "The spec's keys: config (base config files, found beside the spec, then in the current folder),\n"
+        "grid ({option: [values]}, config files too),\n"
+        "search ({option: {low, high, log, int} or {choices}}) with trials (neither: the base config once\n"
+        "per seed), link ({option: grid or search option whose value it takes, or {from: option, times: k}}),\n"
+        "seeds, metric, direction (default: up for scores such as auroc, psnr, ssim, elbo; down for errors\n"
+        "and losses), report (the columns of results), options (for every trial), prune (a search: stop a\n"
+        f"trial whose {PRUNING_MONITOR} trails the median from its third epoch on; with several seeds the first\n"
+        "one's epochs decide), command (fit: fit then test the best checkpoint; anomaly; or an application,\n"
+        "features, reduce, denoise, nll or generate: fit, then the application on the best checkpoint, its\n"
+        "report's numbers as metrics), app_options (the application's own options), devices,\n"
+        "workers_per_device.\n"
+        "Every grid and search value is checked by the trials' own parser before any trial starts.\n"
+        "See configs/sweeps/.\n\n"
+        "Any other option is an `aelight fit` option applied to every trial.",
+        epilog="Writes <out>/study.db (the Optuna study, unless --storage), <out>/runs/trial_<n>/ (each trial's runs:\n"
+        "TensorBoard logs, checkpoints, result.json files, output.log), <out>/results.csv and <out>/results.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="the sweep's YAML spec, e.g. configs/sweeps/variants.yaml")
+    p.add_argument("--out", default=None, help="the sweep's folder (default: sweeps/<spec name>/)")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="cpu, or GPU indices 0,1,... (default: the spec's devices, else every GPU, else cpu)",
+    )
+    p.add_argument(
+        "--workers_per_device",
+        "--workers-per-device",
+        type=int,
+        default=None,
+        help="trials run at once per device (default: the spec's workers_per_device, else 1)",
+    )
+    p.add_argument(
+        "--storage", default=None, help="an Optuna storage URL shared by several machines (default: <out>/study.db)"
+    )
+    p.add_argument(
+        "--results",
+        action="store_true",
+        help="write and print results.csv and results.md of the study as it stands, starting no trial "
+        "(e.g. while other machines work on a shared --storage); any aelight fit option is ignored",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--study_name", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker_index", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Optional[list] = None) -> None:
+    args, extra = parser().parse_known_args(argv)
+    spec = load_spec(args.spec)
+    args.out = str(Path(args.out or Path("sweeps") / Path(args.spec).stem).absolute())
+    args.study_name = args.study_name or Path(args.spec).stem
+    if args.worker:
+        return worker(args.spec, args.study_name, args.storage, args.out, args.worker_index, extra)
+    if args.results:
+        return show_results(spec, args)
+    # the command line overrides what the spec says of devices and workers
+    args.devices = args.devices if args.devices is not None else spec.devices
+    if args.workers_per_device is None:
+        args.workers_per_device = int(spec.workers_per_device or 1)
+    if args.devices is not None and not isinstance(args.devices, str):
+        args.devices = ",".join(str(d) for d in as_list(args.devices))
+    if args.workers_per_device < 1:
+        raise ConfigError(f"--workers_per_device must be at least 1, got {args.workers_per_device}")
+    check_no_fast_dev_run(spec, extra)
+    gpus = devices(args.devices)  # checked before anything is written
+    if args.storage:
+        open_storage(args.storage)
+    out = Path(args.out)
+    study_file = out / STUDY_FILE
+    continued = bool(args.storage) or study_file.is_file()
+    if not continued:  # every grid and search value, by the trials' own parser, before anything is written
+        check_options(spec, extra)
+    safe_files.check_writable(out, "choose another with --out DIR")
+    (out / "runs").mkdir(exist_ok=True)
+    args.storage = args.storage or f"sqlite:///{study_file}"
+    study = open_study(spec, args.study_name, args.storage, create=True)
+    if check_same_trials(study, spec, extra, args.out) and continued:  # a study that no command has run yet
+        check_options(spec, extra)  # (a continued one's options were checked when it started)
+    requeued = requeue_interrupted(study, args.storage, spec)
+    if requeued:
+        print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
+    where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
+    left = left_to_start(study, spec)
+    # no more workers than trials to start (each extra one would only find nothing to do), spread over the devices
+    places = [gpus[i % len(gpus)] for i in range(min(left, len(gpus) * args.workers_per_device))]
+    if left:
+        doing = f"{left} of {spec.planned_trials()} trials to run, {len(places)} worker(s) on {where}"
+    else:
+        doing = f"nothing left to start: each of the spec's {spec.planned_trials()} trials has run or is running"
+    print(f"aelight sweep: {doing}; runs under {out / 'runs'}", file=sys.stderr, flush=True)
+    workers = []
+    base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
+            f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
+    adopt_orphans()  # each worker's forkserver outlives it by a moment: this process reaps it
+    try:
+        workers = start_workers(places, base, extra)
+        for w in workers:
+            w.wait()
+    except KeyboardInterrupt:  # the workers are stopped below, before the results are written
+        print("aelight sweep: stopped; run the same command again to finish the trials left", file=sys.stderr)
+        sys.exit(143 if Stop.terminated else 130)  # as a shell reports SIGTERM / Ctrl-C
+    finally:
+        stop_workers(workers)
+        reap_orphans(timeout=30)
+        write_results(study, spec, out, args.study_name)
+    states = {t.state for t in counted(study)}
+    if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
+        raise AelightError(f"no trial of the sweep completed; {out / 'results.md'} lists why each failed")
+
+
+def check_no_fast_dev_run(spec: SweepSpec, extra: list[str]) -> None:
+    for given in trial_options([*spec.options, *extra]):
+        key, _, value = given.partition("=")
+        if key == "--trainer.fast_dev_run" and value.lower() not in ("false", "0"):
+            raise ConfigError(
+                f"{given}: a fast_dev_run keeps no logs or checkpoints, so a sweep would have nothing to "
+                "report; for a quick sweep give --trainer.max_epochs 1 --trainer.limit_train_batches 10"
+            )
+
+
+def show_results(spec: SweepSpec, args: argparse.Namespace) -> None:
+    """``--results``: the study's results as they stand, written and printed; nothing is started or
+    changed in the study (a trial under way elsewhere is listed as running)."""
+    out, study_file = Path(args.out), Path(args.out) / STUDY_FILE
+    if args.storage:
+        open_storage(args.storage)
+    elif not study_file.is_file():
+        raise ConfigError(f"no sweep at {out}: run the command without --results first, or give the sweep's --out")
+    try:
+        study = open_study(spec, args.study_name, args.storage or f"sqlite:///{study_file}", create=False)
+    except KeyError:  # Optuna's answer for a study that is not in the storage
+        raise ConfigError(f"{args.storage or study_file} holds no sweep {args.study_name}") from None
+    safe_files.check_writable(out, "choose another with --out DIR")
+    write_results(study, spec, out, args.study_name)
+
+
+def run(argv: Optional[list] = None) -> None:
+    """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
+    previous = Stop.install()
+    try:
+        main(argv)
+    except (AelightError, OSError) as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        exit_with_error(message)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])

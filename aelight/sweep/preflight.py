@@ -1,0 +1,90 @@
+"""A sweep's options checked before any worker starts: each grid value and each end of a search
+range (or choice) goes through the parser of the command its trials run, with the spec's config
+and the other options at their first value, so a typo in an option's name or a value of the wrong
+type is one line naming it, before any run folder exists. The parsing runs in a child process
+(``python -m aelight.sweep.preflight``, the command lines on its stdin, the answer on its stdout),
+done before the workers start: the sweep's own process imports neither torch nor Lightning."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from aelight.errors import AelightError, ConfigError
+from aelight.sweep.spec import SweepSpec, encode
+from aelight.sweep.trial import trial_commands
+
+
+def checked_values(spec: SweepSpec) -> list[tuple[str, dict]]:
+    """(what, params) for each value to check: the first grid point and search values, then each
+    other grid value and each end of a search range (or choice) in turn."""
+    ends = {
+        key: [encode(v) for v in space["choices"]] if "choices" in space else [space["low"], space["high"]]
+        for key, space in spec.search.items()
+    }
+    values = {**{key: [encode(v) for v in grid] for key, grid in spec.grid.items()}, **ends}
+    first = {key: options[0] for key, options in values.items()}
+    checks = [("the spec's options", first)] if not values else []
+    for key, options in values.items():
+        where = "grid" if key in spec.grid else "search"
+        checks += [(f"{where}.{key}: {value!r}", {**first, key: value}) for value in options]
+    return checks
+
+
+def trial_checks(spec: SweepSpec, extra: list[str], scratch: Path) -> list:
+    """(what, the trial's first command) for each value of ``checked_values``."""
+    seed = spec.seeds[0]
+    return [
+        (what, trial_commands(spec, {**params, "seed": seed}, seed, scratch, extra)[0])
+        for what, params in checked_values(spec)
+    ]
+
+
+def check_options(spec: SweepSpec, extra: list[str]) -> None:
+    """Raises ConfigError naming the first grid or search value (or sweep option) that the trials'
+    command would refuse, with the parser's reason."""
+    with tempfile.TemporaryDirectory() as scratch:  # the trials' folders, never created
+        checks = [(what, command.argv) for what, command in trial_checks(spec, extra, Path(scratch))]
+    child = subprocess.run(
+        [sys.executable, "-m", "aelight.sweep.preflight"], input=json.dumps(checks), capture_output=True, text=True
+    )
+    if child.returncode:
+        raise AelightError(f"checking the sweep's options failed: {child.stderr.strip()[-2000:]}")
+    found = json.loads(child.stdout.strip().splitlines()[-1])
+    if found:
+        what, problem = found
+        raise ConfigError(f"sweep spec {spec.path}: {what}: {problem}")
+
+
+def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, str]]:
+    """In the child: the first (what, the parser's reason) among ``checks``' command lines."""
+    from aelight.cli import argument_problem
+
+    for what, argv in checks:
+        command, *options = argv
+        if command == "anomaly":  # its own options first; the others are each digit's fit options
+            from aelight.apps.anomaly import parser
+
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(said):
+                    _, options = parser().parse_known_args(options)
+            except SystemExit:
+                return what, (said.getvalue().strip().splitlines() or ["refused by aelight anomaly"])[-1]
+        problem = argument_problem([o for o in options if not o.startswith("--out=")])
+        if problem:
+            return what, problem
+    return None
+
+
+if __name__ == "__main__":
+    from aelight.runtime import quiet_library_notices
+
+    quiet_library_notices()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the answer alone
+        answer = first_problem(json.load(sys.stdin))
+    print(json.dumps(answer))

@@ -1,0 +1,160 @@
+"""A sweep's results: ``results.csv`` (a row per trial and seed) and ``results.md`` (mean ± std over
+seeds per setting, best first; what did not complete and why), and the line printed as a trial ends."""
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from optuna.trial import TrialState
+
+from aelight import safe_files
+from aelight.sweep.spec import SweepSpec
+from aelight.sweep.study import PRUNING_MONITOR, counted, ended, has_drawn, interrupted, setting_of
+
+# results' status of a trial, from Optuna's state
+STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
+
+
+def result_rows(study, spec: SweepSpec) -> list[dict]:
+    rows = []
+    for t in sorted(counted(study), key=lambda t: t.number):
+        # a queued trial's setting is fixed before it runs; one that never drew a setting is not the spec's
+        params = setting_of(t)
+        if t.state != TrialState.COMPLETE and not has_drawn(t, spec):
+            continue
+        per_seed = t.user_attrs.get("metrics") or {}
+        seeds = [params["seed"]] if "seed" in params else spec.seeds
+        for seed in seeds:
+            metrics = per_seed.get(str(seed), {})
+            row = {"trial": t.number, "status": STATUS[t.state.name], "seed": seed}
+            row |= {k: v for k, v in params.items() if k != "seed"}
+            row |= {m: metrics.get(m) for m in spec.report}
+            row |= {"seconds": t.user_attrs.get("seconds"), "reason": reason(t)}
+            row |= {"device": t.user_attrs.get("device", ""), "run": t.user_attrs.get("run", "")}
+            rows.append(row)
+    return rows
+
+
+def reason(trial) -> str:
+    """Why a trial did not complete; for a pruned one, what the pruner saw last."""
+    if trial.state.name in ("RUNNING", "WAITING"):  # another worker's, here or on another machine
+        return "not finished when these results were written; the same command again adds it"
+    if trial.state.name == "PRUNED" and trial.intermediate_values:
+        epoch = max(trial.intermediate_values)  # the epoch index Lightning's pruning callback reports
+        value = trial.intermediate_values[epoch]
+        return f"{PRUNING_MONITOR} {value:.4g} after {epoch + 1} epochs, worse than the median of earlier trials there"
+    if interrupted(trial) and "reason" not in trial.user_attrs:
+        return "interrupted: its worker stopped without a word (a machine that crashed or was cut off?)"
+    return trial.user_attrs.get("reason", "")
+
+
+def results_csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def results_markdown(rows: list[dict], spec: SweepSpec, title: str, options: Optional[list] = None) -> str:
+    """Mean ± std over seeds of each reported metric per setting, best first; failures below.
+    ``options``: the trial options the sweep's command added to the spec, said under the title."""
+    fixed = {"trial", "status", "seed", "seconds", "reason", "device", "run", *spec.report}
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "complete":
+            settings.setdefault(setting_text(row, fixed), []).append(row)
+    sign = -1 if spec.direction == "maximize" else 1
+    ranked = sorted(settings.items(), key=lambda kv: sign * statistics.fmean(r[spec.metric] for r in kv[1]))
+    lines = [f"# {title}", "", f"{spec.metric} ({spec.direction}), mean ± std over seeds.", ""]
+    if options:
+        lines += [f"Every trial also had {' '.join(options)}.", ""]
+    if ranked:
+        lines += ["| setting | seeds | " + " | ".join(spec.report) + " |", "|---" * (len(spec.report) + 2) + "|"]
+    else:
+        lines += ["No trial has completed."]
+    for _, group in ranked:
+        cells = [mean_std([r[m] for r in group if r[m] is not None]) for m in spec.report]
+        lines.append(
+            f"| {setting_text(group[0], fixed, shown=True) or '(base)'} | {len(group)} | " + " | ".join(cells) + " |"
+        )
+    if spec.command == "anomaly" and len(ranked) > 1:  # the one-class protocol's figure: the mean over digits
+        means = [statistics.fmean(r[spec.metric] for r in group) for _, group in ranked]
+        lines += ["", f"Mean {spec.metric} over the {len(means)} settings: {statistics.fmean(means):.4f}"]
+        per_seed = protocol_means(ranked, spec.metric)
+        if len(per_seed) > 1:
+            seeds = ", ".join(f"{seed}: {mean:.4f}" for seed, mean in per_seed.items())
+            lines[-1] += f"; over seeds {mean_std(list(per_seed.values()))} ({seeds})"
+    # an interrupted trial whose setting and seed a later run of the command completed is history only
+    redone = {(key, r["seed"]) for key, group in settings.items() for r in group}
+    failed = [
+        r
+        for r in rows
+        if r["status"] != "complete"
+        and not (r.get("reason", "").startswith("interrupted") and (setting_text(r, fixed), r["seed"]) in redone)
+    ]
+    if failed:
+        lines += ["", "Not completed:", ""]
+        lines += [
+            f"- trial {r['trial']} (seed {r['seed']}): {r['status']}: {r['reason'] or 'no reason recorded'}"
+            for r in failed
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def protocol_means(ranked: list, metric: str) -> dict:
+    """Per seed, the mean of ``metric`` over every setting (the one-class protocol's mean AUROC over
+    the digits), for the seeds that completed every setting."""
+    by_seed: dict = {}
+    for _, group in ranked:
+        for row in group:
+            by_seed.setdefault(row["seed"], []).append(row[metric])
+    return {seed: statistics.fmean(v) for seed, v in sorted(by_seed.items()) if len(v) == len(ranked)}
+
+
+def setting_text(row: dict, fixed: set, shown: bool = False) -> str:
+    """A row's options and values; ``shown``: as tables show them, a search's floats to 4 digits
+    (results.csv keeps every digit)."""
+    if not shown:
+        return ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
+    return ", ".join(
+        f"{shown_option(k)}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in row.items() if k not in fixed
+    )
+
+
+def shown_option(key: str) -> str:
+    """An option as tables and progress lines show it: without its ``init_args.`` (results.csv keeps them)."""
+    return key.replace("init_args.", "")
+
+
+def mean_std(values: list) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def progress_line(study, trial, spec: SweepSpec) -> str:
+    """One line when a trial ends: its status, setting and seed, metric or reason, seconds, and how
+    many of the spec's trials have ended."""
+    setting = setting_text(trial.params, set(), shown=True) or "the base config"
+    outcome = f"{spec.metric} {trial.value:.4g}" if trial.state == TrialState.COMPLETE else reason(trial)
+    done = sum(ended(t) for t in counted(study))
+    seconds = trial.user_attrs.get("seconds")
+    return (
+        f"aelight sweep: trial {trial.number} {STATUS[trial.state.name]} ({setting}): {outcome}"
+        f"{f', {seconds:.0f} s' if seconds is not None else ''} [{done} of {spec.planned_trials()} ended]"
+    )
+
+
+def write_results(study, spec: SweepSpec, out: Path, title: str) -> None:
+    rows = result_rows(study, spec)
+    safe_files.write_text(out / "results.csv", results_csv(rows), what="results")
+    markdown = results_markdown(rows, spec, title, study.user_attrs.get("trials_run_as", {}).get("options"))
+    safe_files.write_text(out / "results.md", markdown, what="results")
+    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md; the runs side by side (HParams): "
+          f"tensorboard --logdir {out}/runs")  # fmt: skip

@@ -1,0 +1,164 @@
+"""One trial of a sweep: its setting drawn from the study, its runs (fit, then test or the
+application, per seed) in a child of the worker's warm process, and its metrics read from the
+runs' result.json files."""
+
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import optuna
+
+from aelight import run_result
+from aelight.sweep.spec import APP_DATA_OPTIONS, APPLIED, SweepSpec, encode, linked_value, option, trial_options
+from aelight.sweep.study import RUNNING_HERE, SPARE, taken_by_another
+from aelight.trial_process import BEST_CHECKPOINT, TrialCommand
+from aelight.trial_process import run_commands as run_in_child
+
+TRIAL_ENV = "AELIGHT_SWEEP_TRIAL"  # storage URL, study name and trial number, for a run's pruning callback
+PRUNING_CALLBACK = '--trainer.callbacks+={"class_path": "aelight.sweep.pruning.SweepPruning"}'
+
+
+class TrialFailed(Exception):
+    """A trial's run ended without its metric; the message is the one-line reason."""
+
+
+def trial_commands(spec: SweepSpec, params: dict, seed: int, run_root: Path, extra: list[str]) -> list[TrialCommand]:
+    """The aelight commands of one trial and seed (fit then test, or anomaly), each with the file
+    its result.json goes to."""
+    configs = [*spec.config, *([params["config"]] if "config" in params else [])]
+    options = [option(k, v) for k, v in params.items() if k not in ("config", "seed")]
+    options += [option(target, linked_value(link, params)) for target, link in spec.link.items()]
+    files = spec.config_files
+    common = [*(f"--config={files.get(c, c)}" for c in configs), *spec.options, *options, *extra]
+    logged = [f"--trainer.logger.init_args.save_dir={run_root}", "--trainer.enable_progress_bar=false"]
+
+    def result_file(command: str) -> str:
+        return str(run_root / "results" / f"seed{seed}_{command}.json")
+
+    if spec.command == "anomaly":
+        argv = ["anomaly", *common, *logged, f"--seed_everything={seed}", f"--out={run_root / f'report_seed{seed}'}"]
+        return [TrialCommand(argv, result_file("anomaly"))]
+    name = [f"--trainer.logger.init_args.name=seed{seed}"]
+    fit = ["fit", *common, *logged, *name, f"--seed_everything={seed}"]
+    if spec.prune and spec.search:
+        fit.append(PRUNING_CALLBACK)
+    commands = [TrialCommand(fit, result_file("fit"))]
+    if any(m.startswith("test/") for m in spec.report):
+        test = ["test", *common, *logged, *name, f"--seed_everything={seed}", f"--ckpt_path={BEST_CHECKPOINT}"]
+        commands.append(TrialCommand(test, result_file("test")))
+    if spec.command in APPLIED:  # the application on the best checkpoint, with the data the fit had
+        data = [o for o in trial_options([*spec.options, *extra], keep_data=True) if o.startswith(APP_DATA_OPTIONS)]
+        out = run_root / f"{spec.command}_seed{seed}"
+        argv = [spec.command, f"--ckpt_path={BEST_CHECKPOINT}", *data, *spec.app_options, f"--out={out}"]
+        commands.append(TrialCommand(argv, result_file(spec.command)))
+    return commands
+
+
+def run_seed(commands: list[TrialCommand], env: dict, log: Path) -> dict:
+    """Runs one seed's commands in a fresh child of the worker's warm process, and returns the
+    metrics their results hold (a later command's name wins). A run that did not complete raises
+    TrialFailed (or optuna.TrialPruned) with its own one-line reason."""
+    Path(commands[0].result_file).parent.mkdir(parents=True, exist_ok=True)
+    for command in commands:  # a result left by an earlier attempt says nothing of this one
+        Path(command.result_file).unlink(missing_ok=True)
+    code = run_in_child(commands, env, str(log))
+    metrics: dict = {}
+    for command in commands:
+        try:
+            result = run_result.read(command.result_file)
+        except (OSError, ValueError):
+            raise TrialFailed(f"aelight {command.argv[0]} {_ended_how(code)} before it wrote its result; see {log}")
+        if result.status == run_result.PRUNED:
+            raise optuna.TrialPruned()
+        if result.status != run_result.COMPLETED:
+            ended = "exited with" if result.status == run_result.FAILED else f"{result.status}, exit code"
+            raise TrialFailed(f"aelight {result.command} {ended} {result.exit_code}: {result.reason}"[:500])
+        metrics |= result.all_metrics()
+        if result.command == "anomaly":  # one digit's numbers by their own names (auroc, f1...)
+            digits = {k.split("/")[1] for k in result.metrics["report"] if k.startswith("digits/")}
+            if len(digits) == 1:
+                prefix = f"digits/{digits.pop()}/"
+                metrics |= {
+                    k.removeprefix(prefix): v for k, v in result.metrics["report"].items() if k.startswith(prefix)
+                }
+    if code:
+        raise TrialFailed(f"the trial's runs {_ended_how(code)}; see {log}")
+    return metrics
+
+
+def _ended_how(code: int) -> str:
+    if code < 0:
+        with_name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"was killed by {with_name}"
+    return f"exited with {code}"
+
+
+def objective(trial, spec: SweepSpec, run) -> float:
+    """Draws a trial's setting (and seed, for a grid) and hands it to ``run(trial, params, seeds)``,
+    unless another trial has that setting (``taken_by_another``)."""
+    # who runs it, recorded before it draws anything: see requeue_interrupted
+    trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
+    params = {key: trial.suggest_categorical(key, [encode(v) for v in values]) for key, values in spec.grid.items()}
+    for key, space in spec.search.items():
+        if "choices" in space:
+            params[key] = trial.suggest_categorical(key, [encode(v) for v in space["choices"]])
+        elif space.get("int"):
+            params[key] = trial.suggest_int(key, int(space["low"]), int(space["high"]), log=bool(space.get("log")))
+        else:
+            params[key] = trial.suggest_float(
+                key, float(space["low"]), float(space["high"]), log=bool(space.get("log"))
+            )
+    # A grid spreads its seeds over trials; a search tries each setting with every seed.
+    seeds = [trial.suggest_categorical("seed", spec.seeds)] if not spec.search else spec.seeds
+    if taken_by_another(trial, spec):
+        trial.set_user_attr(SPARE, True)
+        raise TrialFailed("not run: another trial runs or ran this setting and seed")
+    return run(trial, params, seeds)
+
+
+def run_trial(trial, params: dict, seeds: list, spec: SweepSpec, out: Path, extra: list[str], env: dict, storage: str):
+    """One trial as ordinary aelight runs under ``<out>/runs/trial_<n>/``: the mean of its metric over seeds."""
+    run_root = out / "runs" / f"trial_{trial.number}"
+    run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
+    trial.set_user_attr("run", str(run_root))
+    gpu = env.get("CUDA_VISIBLE_DEVICES")  # the worker's pinning (worker_placement)
+    trial.set_user_attr("device", f"{socket.gethostname()} {f'gpu {gpu}' if gpu else 'cpu'}")
+    env = {**env, TRIAL_ENV: json.dumps([storage, trial.study.study_name, trial.number])}
+    start, values, per_seed = time.time(), [], {}
+    try:
+        for seed in seeds:
+            metrics = run_seed(trial_commands(spec, params, seed, run_root, extra), env, run_root / "output.log")
+            per_seed[str(seed)] = {m: metrics.get(m) for m in spec.report}
+            value = metrics.get(spec.metric)
+            if value is None:
+                logged = ", ".join(sorted(m for m in metrics if "/" in m or spec.command == "anomaly"))
+                raise TrialFailed(f"the run logged no {spec.metric} (the spec's metric); it logged {logged}")
+            if not math.isfinite(value):
+                raise TrialFailed(f"{spec.metric} is {value}")
+            values.append(value)
+    except TrialFailed as err:
+        trial.set_user_attr("reason", str(err))
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("reason", "interrupted")
+        raise
+    except optuna.TrialPruned:
+        trial.set_user_attr("reason", "pruned")
+        raise
+    except Exception as err:  # unforeseen (a run's results unreadable...): this trial fails, the sweep goes on
+        with open(run_root / "output.log", "a") as log:
+            traceback.print_exc(file=log)
+        reason = f"{type(err).__name__}: {err} (its traceback is in {run_root / 'output.log'})"
+        trial.set_user_attr("reason", reason[:500])
+        raise TrialFailed(reason) from err
+    finally:
+        trial.set_user_attr("seconds", round(time.time() - start, 2))
+        trial.set_user_attr("metrics", per_seed)
+    return statistics.fmean(values)
