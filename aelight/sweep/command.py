@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from aelight import safe_files
 from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
 from aelight.runtime import adopt_orphans, reap_orphans
-from aelight.sweep.preflight import check_options
+from aelight.sweep import preflight
 from aelight.sweep.results import write_results
 from aelight.sweep.spec import SweepSpec, as_list, load_spec, trial_options
 from aelight.sweep.study import (
@@ -25,7 +25,7 @@ from aelight.sweep.study import (
     open_study,
     requeue_interrupted,
 )  # fmt: skip
-from aelight.sweep.workers import Stop, devices, start_workers, stop_workers, worker
+from aelight.sweep.workers import CheckingWorker, Stop, devices, start_workers, stop_workers, worker
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--study_name", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker_index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--check_fds", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -85,7 +86,8 @@ def main(argv: Optional[list] = None) -> None:
     args.out = str(Path(args.out or Path("sweeps") / Path(args.spec).stem).absolute())
     args.study_name = args.study_name or Path(args.spec).stem
     if args.worker:
-        return worker(args.spec, args.study_name, args.storage, args.out, args.worker_index, extra)
+        check_fds = tuple(int(fd) for fd in args.check_fds.split(",")) if args.check_fds else None
+        return worker(args.spec, args.study_name, args.storage, args.out, args.worker_index, extra, check_fds)
     if args.results:
         return show_results(spec, args)
     # the command line overrides what the spec says of devices and workers
@@ -102,33 +104,41 @@ def main(argv: Optional[list] = None) -> None:
         open_storage(args.storage)
     out = Path(args.out)
     study_file = out / STUDY_FILE
-    continued = bool(args.storage) or study_file.is_file()
-    if not continued:  # every grid and search value, by the trials' own parser, before anything is written
-        check_options(spec, extra)
-    safe_files.check_writable(out, "choose another with --out DIR")
-    (out / "runs").mkdir(exist_ok=True)
+    new_sweep = not args.storage and not study_file.is_file()
     args.storage = args.storage or f"sqlite:///{study_file}"
-    study = open_study(spec, args.study_name, args.storage, create=True)
-    if check_same_trials(study, spec, extra, args.out) and continued:  # a study that no command has run yet
-        check_options(spec, extra)  # (a continued one's options were checked when it started)
-    requeued = requeue_interrupted(study, args.storage, spec)
-    if requeued:
-        print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
-    where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
-    left = left_to_start(study, spec)
-    # no more workers than trials to start (each extra one would only find nothing to do), spread over the devices
-    places = [gpus[i % len(gpus)] for i in range(min(left, len(gpus) * args.workers_per_device))]
-    if left:
-        doing = f"{left} of {spec.planned_trials()} trials to run, {len(places)} worker(s) on {where}"
-    else:
-        doing = f"nothing left to start: each of the spec's {spec.planned_trials()} trials has run or is running"
-    print(f"aelight sweep: {doing}; runs under {out / 'runs'}", file=sys.stderr, flush=True)
-    workers = []
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
             f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
+    where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
+
+    def placed(left: int) -> list:
+        # no more workers than trials to start (each extra one would only find nothing to do), over the devices
+        return [gpus[i % len(gpus)] for i in range(min(left, len(gpus) * args.workers_per_device))]
+
     adopt_orphans()  # each worker's forkserver outlives it by a moment: this process reaps it
+    workers, checking, study = [], None, None
     try:
-        workers = start_workers(places, base, extra)
+        if new_sweep:  # every grid and search value checked by the trials' parser before anything is written
+            checking = checked_first_worker(spec, placed(spec.planned_trials()), base, extra)
+            workers.append(checking.process)
+        safe_files.check_writable(out, "choose another with --out DIR")
+        (out / "runs").mkdir(exist_ok=True)
+        study = open_study(spec, args.study_name, args.storage, create=True)
+        if check_same_trials(study, spec, extra, args.out) and not new_sweep:  # a shared storage's first command
+            checking = checked_first_worker(spec, placed(left_to_start(study, spec)), base, extra)
+            workers.append(checking.process)
+        requeued = requeue_interrupted(study, args.storage, spec)
+        if requeued:
+            print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
+        left = left_to_start(study, spec)
+        places = placed(left)
+        if left:
+            doing = f"{left} of {spec.planned_trials()} trials to run, {len(places)} worker(s) on {where}"
+        else:
+            doing = f"nothing left to start: each of the spec's {spec.planned_trials()} trials has run or is running"
+        print(f"aelight sweep: {doing}; runs under {out / 'runs'}", file=sys.stderr, flush=True)
+        if checking is not None:
+            checking.go_on(bool(places))
+        workers += start_workers(places[len(workers) :], base, extra, first_index=len(workers))
         for w in workers:
             w.wait()
     except KeyboardInterrupt:  # the workers are stopped below, before the results are written
@@ -137,10 +147,22 @@ def main(argv: Optional[list] = None) -> None:
     finally:
         stop_workers(workers)
         reap_orphans(timeout=30)
-        write_results(study, spec, out, args.study_name)
+        if study is not None:
+            write_results(study, spec, out, args.study_name)
     states = {t.state for t in counted(study)}
     if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
         raise AelightError(f"no trial of the sweep completed; {out / 'results.md'} lists why each failed")
+
+
+def checked_first_worker(spec: SweepSpec, places: list, base: list[str], extra: list[str]) -> CheckingWorker:
+    """Starts the sweep's first worker, which checks the spec's options in its warm process; raises
+    ConfigError (the worker ended) when one is refused. ``places``: where every worker will run."""
+    checking = CheckingWorker(places[0], len(places), base, extra)
+    found = checking.problem()
+    if found:
+        checking.go_on(False)
+        raise ConfigError(preflight.message(spec, found))
+    return checking
 
 
 def check_no_fast_dev_run(spec: SweepSpec, extra: list[str]) -> None:

@@ -1,22 +1,21 @@
-"""A sweep's options checked before any worker starts: each grid value and each end of a search
+"""A sweep's options checked before any trial starts: each grid value and each end of a search
 range (or choice) goes through the parser of the command its trials run, with the spec's config
 and the other options at their first value, so a typo in an option's name or a value of the wrong
-type is one line naming it, before any run folder exists. The parsing runs in a child process
-(``python -m aelight.sweep.preflight``, the command lines on its stdin, the answer on its stdout),
-done before the workers start: the sweep's own process imports neither torch nor Lightning."""
+type is one line naming it, before any folder or study exists. The first worker does it before it
+takes any trial, in a child of its warm forkserver (the one its trials are forked from, so the
+check costs no import of its own); the sweep waits for its answer before it writes anything or
+starts another worker. The sweep's own process imports neither torch nor Lightning."""
 
 import contextlib
 import io
-import json
-import subprocess
-import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-from aelight.errors import AelightError, ConfigError
 from aelight.sweep.spec import SweepSpec, encode
 from aelight.sweep.trial import trial_commands
+from aelight.trial_process import context
 
 
 def checked_values(spec: SweepSpec) -> list[tuple[str, dict]]:
@@ -44,20 +43,20 @@ def trial_checks(spec: SweepSpec, extra: list[str], scratch: Path) -> list:
     ]
 
 
-def check_options(spec: SweepSpec, extra: list[str]) -> None:
-    """Raises ConfigError naming the first grid or search value (or sweep option) that the trials'
-    command would refuse, with the parser's reason."""
+def problem(spec: SweepSpec, extra: list[str]) -> Optional[tuple[str, str]]:
+    """(what, the parser's reason) for the first grid or search value (or sweep option) that the
+    trials' command would refuse, or None. The parsing runs in a child of this process's warm
+    forkserver (``aelight.trial_process``), which the worker then forks its trials from."""
     with tempfile.TemporaryDirectory() as scratch:  # the trials' folders, never created
         checks = [(what, command.argv) for what, command in trial_checks(spec, extra, Path(scratch))]
-    child = subprocess.run(
-        [sys.executable, "-m", "aelight.sweep.preflight"], input=json.dumps(checks), capture_output=True, text=True
-    )
-    if child.returncode:
-        raise AelightError(f"checking the sweep's options failed: {child.stderr.strip()[-2000:]}")
-    found = json.loads(child.stdout.strip().splitlines()[-1])
-    if found:
-        what, problem = found
-        raise ConfigError(f"sweep spec {spec.path}: {what}: {problem}")
+    with ProcessPoolExecutor(1, mp_context=context()) as pool:
+        found = pool.submit(first_problem, checks).result()
+    return tuple(found) if found else None
+
+
+def message(spec: SweepSpec, found: tuple[str, str]) -> str:
+    what, reason = found
+    return f"sweep spec {spec.path}: {what}: {reason}"
 
 
 def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, str]]:
@@ -79,12 +78,3 @@ def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, st
         if problem:
             return what, problem
     return None
-
-
-if __name__ == "__main__":
-    from aelight.runtime import quiet_library_notices
-
-    quiet_library_notices()
-    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the answer alone
-        answer = first_problem(json.load(sys.stdin))
-    print(json.dumps(answer))

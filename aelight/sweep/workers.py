@@ -2,6 +2,7 @@
 that takes trials from the study, and how Ctrl-C or SIGTERM stops them and their runs."""
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from aelight.errors import ConfigError
+from aelight.errors import AelightError, ConfigError
 from aelight.runtime import PARENT_ENV
+from aelight.sweep import preflight
 from aelight.sweep.results import progress_line
 from aelight.sweep.spec import SweepSpec, load_spec
 from aelight.sweep.study import SPARE, left_to_start, open_study
@@ -63,17 +65,53 @@ def worker_placement(gpu: Optional[str], threads: int) -> tuple[dict, list[str]]
     return env | {"CUDA_VISIBLE_DEVICES": gpu}, ["--trainer.accelerator=gpu", "--trainer.devices=1"]
 
 
-def start_workers(places: list, base: list[str], extra: list[str]) -> list:
+def start_workers(places: list, base: list[str], extra: list[str], first_index: int = 0) -> list:
     """One worker process per entry of ``places`` (a GPU index, or None for the CPU), each with its
     share of the cores; each stops should this process be killed."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, len(places)))
-    workers = []
-    for index, gpu in enumerate(places):
-        env, accelerator = worker_placement(gpu, threads)
-        command = [*base, f"--worker_index={index}", *accelerator, *extra]
-        env |= {PARENT_ENV: str(os.getpid())}
-        workers.append(subprocess.Popen(command, env=dict(os.environ) | env))
-    return workers
+    return [start_worker(gpu, len(places) + first_index, base, extra, first_index + i) for i, gpu in enumerate(places)]
+
+
+def start_worker(gpu: Optional[str], workers: int, base: list[str], extra: list[str], index: int, fds=()):
+    """A worker process (``workers`` of them share the cores); ``fds`` are handed on to it."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    env, accelerator = worker_placement(gpu, threads)
+    command = [*base, f"--worker_index={index}", *accelerator, *extra]
+    if fds:
+        command.insert(len(base), f"--check_fds={fds[0]},{fds[1]}")
+    env |= {PARENT_ENV: str(os.getpid())}
+    return subprocess.Popen(command, env=dict(os.environ) | env, pass_fds=fds)
+
+
+class CheckingWorker:
+    """The first worker of a new sweep, started before anything is written: it checks the spec's
+    options (``aelight.sweep.preflight``) in its warm forkserver and waits to be told to go on."""
+
+    def __init__(self, gpu: Optional[str], workers: int, base: list[str], extra: list[str]):
+        verdict_read, verdict_write = os.pipe()
+        go_read, self.go = os.pipe()
+        try:
+            self.process = start_worker(gpu, workers, base, extra, 0, fds=(verdict_write, go_read))
+        finally:
+            os.close(verdict_write)
+            os.close(go_read)
+        self.verdict = verdict_read
+
+    def problem(self) -> Optional[tuple[str, str]]:
+        """The check's answer: (what, reason) of the first option refused, or None."""
+        with os.fdopen(self.verdict) as answer:
+            text = answer.read()
+        if not text:  # it ended before it answered
+            code = self.process.wait()
+            raise AelightError(f"the sweep's first worker ended (exit code {code}) before checking the options")
+        found = json.loads(text)
+        return tuple(found) if found else None
+
+    def go_on(self, go: bool) -> None:
+        """Lets the worker take trials, or (``go`` False) end without doing anything."""
+        with os.fdopen(self.go, "w") as answer:
+            answer.write("go" if go else "")
+        if not go:
+            self.process.wait()
 
 
 def stop_workers(workers: list) -> None:
@@ -88,13 +126,24 @@ def stop_workers(workers: list) -> None:
             w.wait()
 
 
-def worker(spec_path: str, study_name: str, storage: str, out: str, worker_index: int, extra: list[str]) -> None:
-    """One worker process: trials from the study until the spec's are all taken."""
+def worker(
+    spec_path: str, study_name: str, storage: str, out: str, worker_index: int, extra: list[str], check_fds=None
+) -> None:
+    """One worker process: trials from the study until the spec's are all taken. With ``check_fds``
+    (the pipes of ``CheckingWorker``) it first checks the spec's options and answers, then waits
+    for the sweep's go."""
     spec = load_spec(spec_path)
-    study = open_study(spec, study_name, storage, create=False, worker_index=worker_index)
     Stop.install()
-    run = functools.partial(run_trial, spec=spec, out=Path(out), extra=extra, env=dict(os.environ), storage=storage)
     try:
+        if check_fds:
+            verdict, go = check_fds
+            with os.fdopen(verdict, "w") as answer:
+                answer.write(json.dumps(preflight.problem(spec, extra)))
+            with os.fdopen(go) as answer:
+                if answer.read() != "go":
+                    return
+        study = open_study(spec, study_name, storage, create=False, worker_index=worker_index)
+        run = functools.partial(run_trial, spec=spec, out=Path(out), extra=extra, env=dict(os.environ), storage=storage)
         run_trials(study, spec, run)
     except KeyboardInterrupt:
         sys.exit(130)
