@@ -278,3 +278,31 @@ def test_gradient_accumulation_with_cuda_graph_names_cuda_graph(cli_args, capsys
     err = capsys.readouterr().err
     assert "accumulate_grad_batches=2 needs engine.cuda_graph: false" in err, err
     assert "Traceback" not in err
+
+
+def test_a_sweep_s_options_are_checked_by_the_trials_parser_value_by_value(tmp_path, monkeypatch):
+    import yaml
+
+    from aelight.sweep import preflight, spec
+
+    monkeypatch.chdir(REPO)
+
+    def first_problem(grid: dict, search: dict):
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump({"config": "configs/ae.yaml", "grid": grid, "search": search, "trials": 2}))
+        checks = [(what, c.argv) for what, c in preflight.trial_checks(spec.load_spec(str(path)), [], tmp_path)]
+        return preflight.first_problem(checks)
+
+    for grid, search, named, reason in (  # each grid value, each end of a search range, each choice
+        ({"data.batch_size": [16, "many"]}, {}, "grid.data.batch_size: 'many'", "data.batch_size"),
+        ({}, {"trainer.max_epochs": {"low": 1, "high": 2.5}}, "search.trainer.max_epochs: 2.5", "max_epochs"),
+        ({}, {"model.init_args.bogus": {"choices": [1, 2]}}, "search.model.init_args.bogus: 1", "bogus"),
+    ):
+        what, problem = first_problem(grid, search)
+        assert what == named and reason in problem, (what, problem)
+    assert (
+        first_problem(
+            {"data.batch_size": [16, 32]}, {"model.init_args.optimizer.init_args.lr": {"low": 1e-4, "high": 1e-2}}
+        )
+        is None
+    )
