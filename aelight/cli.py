@@ -78,15 +78,15 @@ class _ParserErrors(logging.Handler):
     """jsonargparse tells its parser's logger the error it is about to exit with: the one line of it
     becomes the reason in the command's result.json."""
 
-    said: list[str] = []  # this process's parser errors, newest last
+    last: Optional[str] = None  # the newest parser error of this process, in one line
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno < logging.ERROR:
             return
-        self.said.append(parser_reason(record.getMessage()))
+        _ParserErrors.last = parser_reason(record.getMessage())
         result = run_result.current()
         if result is not None:
-            result.reason = self.said[-1]
+            result.reason = _ParserErrors.last
 
 
 PARSER_LOGGER = logging.getLogger("aelight.parser")
@@ -371,7 +371,7 @@ class _ParseOnlyCLI(AELightCLI):
 def argument_problem(args: list[str]) -> Optional[str]:
     """What the parser of ``aelight fit`` finds wrong in ``args`` (its options, without the
     subcommand), in one line; None when they parse. Nothing is instantiated, run or written."""
-    _ParserErrors.said.clear()
+    _ParserErrors.last = None
     try:
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -379,7 +379,7 @@ def argument_problem(args: list[str]) -> Optional[str]:
     except _Parsed:
         return None
     except SystemExit:
-        return _ParserErrors.said[-1] if _ParserErrors.said else "the options do not parse"
+        return _ParserErrors.last or "the options do not parse"
     return None
 
 

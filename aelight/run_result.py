@@ -120,7 +120,7 @@ def recording(command: str, argv: list) -> Iterator[RunResult]:
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         said = getattr(exit_, "message", "") or result.reason  # exit_with_error's, or the parser's
-        _ended(result, code, said or ("" if code == 0 else f"exit code {code}"))
+        _ended(result, code, said or f"exit code {code}")
         raise
     except KeyboardInterrupt:
         _ended(result, 130, "interrupted")
