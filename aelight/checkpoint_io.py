@@ -22,6 +22,11 @@ class CheckpointError(AelightError):
     """A checkpoint file is missing, truncated, corrupt or unsafe to load."""
 
 
+# Speed settings that were model hyperparameters before the training engine had its own config
+# key: old checkpoints still carry them, and loading drops them.
+LEGACY_MODEL_KEYS = ("steps_per_batch", "compile_step", "cuda_graph", "compile_networks")
+
+
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch.save's legacy format starts with a pickled magic number
 
@@ -85,6 +90,27 @@ def _check_is_checkpoint_file(path: str) -> None:
 def weight_shapes(state_dict: dict) -> dict[str, tuple]:
     """Name -> shape of every entry of a state dict (``()`` for a non-tensor)."""
     return {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+
+
+def model_arguments(hparams: Optional[dict]) -> dict:
+    """A checkpoint's model hyperparameters as this version's model takes them: without the legacy
+    speed settings and Lightning's ``_instantiator`` entry."""
+    return {k: v for k, v in (hparams or {}).items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
+
+
+def check_weights_fit(
+    model: torch.nn.Module,
+    checkpoint_shapes: dict[str, tuple],
+    source: str,
+    model_words: Optional[str] = None,
+    fix: str = "it was not written by aelight fit, or it was altered",
+) -> None:
+    """A checkpoint's weights (``weight_shapes``) must fit ``model``; else one line that names
+    ``source`` (e.g. ``checkpoint PATH``), the first difference and ``fix``."""
+    detail = weights_mismatch(weight_shapes(model.state_dict()), checkpoint_shapes)
+    if detail:  # missing or unexpected keys, or shapes that differ
+        model_words = model_words or f"the {type(model).__name__} it describes"
+        raise CheckpointError(f"{source}: its weights do not fit {model_words} ({detail}); {fix}")
 
 
 def weights_mismatch(model_shapes: dict[str, tuple], checkpoint_shapes: dict[str, tuple]) -> Optional[str]:

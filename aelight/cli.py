@@ -25,10 +25,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from aelight import run_result, safe_files, trust
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
 from aelight.callbacks.progress import OptimizerStepProgressBar
-from aelight.checkpoint_io import SafeCheckpointIO, weight_shapes, weights_mismatch
+from aelight.checkpoint_io import SafeCheckpointIO, check_weights_fit, model_arguments, weight_shapes
 from aelight.data import MNISTDataModule
-from aelight.engine import LEGACY_MODEL_KEYS, TrainingEngine
-from aelight.errors import AelightError, ConfigError, exit_saying, exit_with_error, user_message
+from aelight.engine import TrainingEngine
+from aelight.errors import AelightError, exit_saying, exit_with_error, user_message
 from aelight.loggers import TensorBoardRun
 from aelight.models import AE
 from aelight.runtime import PRUNED_EXIT, is_higher_rank
@@ -180,10 +180,7 @@ class AELightCLI(LightningCLI):
         """What LightningCLI does with a checkpoint's hyperparameters (the model's arguments of a
         resumed run come from the file), less the speed settings that old checkpoints kept there
         (now the engine's, set by the command line)."""
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
-        for key in LEGACY_MODEL_KEYS:
-            hparams.pop(key, None)
+        hparams = model_arguments(checkpoint.get("hyper_parameters"))
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -224,7 +221,8 @@ class AELightCLI(LightningCLI):
             safe_files.remove_stale_temporaries(run_dir)
             safe_files.remove_stale_temporaries(os.path.join(run_dir, "checkpoints"))
         if self._checkpoint_shapes is not None:
-            _check_weights_fit(self.model, self._checkpoint_shapes, self._subcommand_config()[1].ckpt_path)
+            ckpt_path = self._subcommand_config()[1].ckpt_path
+            check_weights_fit(self.model, self._checkpoint_shapes, f"checkpoint {ckpt_path}")
 
     def before_validate(self) -> None:
         self._before_run()
@@ -346,16 +344,6 @@ def _run_version(run_root: str) -> int:
     _claimed_run_dirs.append(os.path.join(run_root, f"version_{version}"))
     os.environ[RUN_VERSION_ENV] = str(version)  # inherited by the DDP processes Lightning starts
     return version
-
-
-def _check_weights_fit(model, shapes: dict[str, tuple], ckpt_path: str) -> None:
-    """A checkpoint's weights (their shapes by name) must fit the model's; else one line naming the first difference."""
-    detail = weights_mismatch(weight_shapes(model.state_dict()), shapes)
-    if detail:
-        raise ConfigError(
-            f"checkpoint {ckpt_path}: its weights do not fit the {type(model).__name__} it describes ({detail}); "
-            "it was not written by aelight fit, or it was altered"
-        )
 
 
 class _Parsed(Exception):

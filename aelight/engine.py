@@ -51,9 +51,6 @@ from aelight.lightning_compat import (
 )
 from aelight.models.autoencoder import stack_terms
 
-# Speed settings that were model hyperparameters before the engine had its own config key: old
-# checkpoints still carry them, and loading drops them.
-LEGACY_MODEL_KEYS = ("steps_per_batch", "compile_step", "cuda_graph", "compile_networks")
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 

@@ -154,3 +154,20 @@ def test_ddp_shares_are_disjoint_cover_the_split_and_take_equal_steps(n, world, 
     assert len(everything) == n and len(set(everything.tolist())) == n  # disjoint and covering
     steps = [sum(1 for _ in loader) for loader in loaders]
     assert len(set(steps)) == 1 and steps[0] == len(loaders[0])
+
+
+@pytest.mark.parametrize("device_resident", [True, False])
+def test_deskew_serves_every_split_deskewed_on_both_data_paths(tiny_data, device_resident):
+    from aelight.components import deskewed
+
+    plain, skewless = make_dm(tiny_data), make_dm(tiny_data, deskew=True, device_resident=device_resident)
+    for split, loader in (("train", skewless.val_dataloader), ("test", skewless.test_dataloader)):
+        raw, labels = plain.split_tensors(split)
+        images, same_labels = skewless.split_tensors(split)
+        assert torch.equal(labels, same_labels) and images.dtype == torch.uint8
+        # the components' function on float pixels, to within the uint8 rounding
+        expected = deskewed(raw.float().unsqueeze(1) / 255).squeeze(1) * 255
+        assert (images.float() - expected).abs().max() <= 0.5 + 1e-3
+        assert (images != raw).float().mean() > 0.05  # really moved
+    served = torch.cat([x for x, _ in skewless.val_dataloader()])
+    assert torch.equal(served, skewless.split_tensors("val")[0].unsqueeze(1).float() / 255)

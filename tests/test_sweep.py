@@ -142,7 +142,8 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     assert one_class.direction == "maximize"
     assert one_class.config == ["configs/anomaly/restoration.yaml"]  # the recipe; the first one stays runnable
     assert sweep_spec.load_spec(str(REPO / "configs/sweeps/one_class_mlp.yaml")).config == ["configs/anomaly/ae.yaml"]
-    for name in ("features", "features_wta128"):  # fit, then the linear probe of the best checkpoint's features
+    # fit, then the linear probe of the best checkpoint's features
+    for name in ("features", "features_wta_wide", "features_wta128"):
         probe = sweep_spec.load_spec(str(REPO / f"configs/sweeps/{name}.yaml"))
         assert probe.command == "features" and probe.direction == "maximize"
         assert probe.metric == "logistic_regression_test_accuracy" and probe.seeds == [0, 1, 2]

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from aelight import trust
-from aelight.checkpoint_io import SafeCheckpointIO
-from aelight.errors import AelightError
+from aelight.checkpoint_io import SafeCheckpointIO, check_weights_fit, weight_shapes
 from aelight.safe_files import check_writable
 
 
@@ -86,14 +85,13 @@ def trained_classifier(
         plugins=[SafeCheckpointIO()],
     )  # fmt: skip
     if cached:
-        checkpoint = trust.load_checkpoint(path)
+        state = trust.load_checkpoint(path)["state_dict"]
         model = MNISTClassifier()  # its one hyperparameter, the learning rate, plays no part here
-        try:
-            model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError:
-            raise AelightError(
-                f"classifier cache {path} does not hold aelight's MNIST classifier; delete it to train a new one"
-            ) from None
+        check_weights_fit(
+            model, weight_shapes(state), f"classifier cache {path}", "aelight's MNIST classifier",
+            fix="delete it to train a new one",
+        )  # fmt: skip
+        model.load_state_dict(state)
     else:
         L.seed_everything(0)
         model = MNISTClassifier()

@@ -13,10 +13,9 @@ from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
 from aelight import run_result, safe_files, trust
-from aelight.checkpoint_io import weight_shapes, weights_mismatch
+from aelight.checkpoint_io import check_weights_fit, model_arguments, weight_shapes
 from aelight.data import MNISTDataModule
 from aelight.data.pixels import to_float_images
-from aelight.engine import LEGACY_MODEL_KEYS
 from aelight.errors import AelightError, exit_with_error, user_message  # noqa: F401 - AelightError re-exported for the commands
 from aelight.models import AE
 
@@ -124,7 +123,7 @@ def load_model(ckpt: str, device: str) -> AE:
     checkpoint = trust.load_checkpoint(ckpt)
     model_class = checkpoint_model_class(checkpoint, ckpt)
     hparams = checkpoint.get("hyper_parameters") or {}
-    config = {k: v for k, v in hparams.items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
+    config = model_arguments(hparams)
     try:
         if "_instantiator" in hparams:  # written through the CLI: networks and optimizer as class paths
             model = instantiate_module(model_class, config)
@@ -139,11 +138,7 @@ def load_model(ckpt: str, device: str) -> AE:
             f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
             "load it with the aelight version that wrote it"
         ) from None
-    detail = weights_mismatch(weight_shapes(model.state_dict()), weight_shapes(checkpoint["state_dict"]))
-    if detail:  # state dict keys or shapes that differ from its own hyperparameters
-        raise AelightError(
-            f"checkpoint {ckpt}: its weights do not fit the {model_class.__name__} it describes ({detail})"
-        )
+    check_weights_fit(model, weight_shapes(checkpoint["state_dict"]), f"checkpoint {ckpt}")
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval().to(device)
 
@@ -162,7 +157,16 @@ def checkpoint_model_class(checkpoint: dict, path) -> type:
     return cls
 
 
-def data(data_dir: str, **kw) -> MNISTDataModule:
+# Data settings that change the pixels a model learnt from: an application gives a checkpoint's
+# model its images as its training run did, as that run's data config (saved in the file) says.
+PIXEL_SETTINGS = ("deskew",)
+
+
+def data(data_dir: str, ckpt_path: Optional[str] = None, **kw) -> MNISTDataModule:
+    """The data module of an application; with ``ckpt_path``, serving pixels as that run's did."""
+    if ckpt_path is not None:
+        trained = trust.load_checkpoint(ckpt_path).get("datamodule_hyper_parameters") or {}
+        kw = {**{k: trained[k] for k in PIXEL_SETTINGS if k in trained}, **kw}
     dm = MNISTDataModule(data_dir=data_dir, download=False, **kw)
     dm.prepare_data()
     dm.setup("fit")

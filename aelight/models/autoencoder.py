@@ -26,7 +26,7 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from aelight import trust
-from aelight.checkpoint_io import weight_shapes, weights_mismatch
+from aelight.checkpoint_io import check_weights_fit, weight_shapes
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 
@@ -175,12 +175,10 @@ class AE(L.LightningModule):
         """Copies the weights of the checkpoint at ``path`` (loaded weights-only, its class paths
         checked, see aelight.trust) into this model."""
         state = trust.load_checkpoint(path)["state_dict"]
-        detail = weights_mismatch(weight_shapes(self.state_dict()), weight_shapes(state))
-        if detail:  # missing or unexpected keys, or shapes that differ
-            raise ConfigError(
-                f"init_weights {path}: its weights do not fit this {type(self).__name__} ({detail}); "
-                "give a checkpoint of the same encoder and decoder"
-            )
+        check_weights_fit(
+            self, weight_shapes(state), f"init_weights {path}", f"this {type(self).__name__}",
+            fix="give a checkpoint of the same encoder and decoder",
+        )  # fmt: skip
         self.load_state_dict(state)
 
     def training_terms(self, x: Tensor) -> dict[str, Tensor]:
