@@ -20,11 +20,13 @@ class Command(NamedTuple):
     module: str
     function: str  # called with the command's own arguments (training: the whole command line)
     summary: str
+    uses_torch: bool = True  # False: the command runs without importing torch (the sweep, score)
 
 
-TRAINING, APPLICATION, MANY_RUNS = (
+TRAINING, APPLICATION, DEPLOYMENT, MANY_RUNS = (
     "Training and evaluation (runs under lightning_logs/<name>/version_N/):",
     "Applications of a trained checkpoint (reports under <run>/apps/<command>/):",
+    "A trained anomaly detector outside aelight:",
     "Many runs:",
 )
 COMMANDS = {
@@ -46,9 +48,14 @@ COMMANDS = {
     "denoise": Command(APPLICATION, "aelight.apps.denoise", "main",
                        "PSNR / SSIM of a denoising model against classical filters"),
     "nll": Command(APPLICATION, "aelight.apps.nll", "main", "a VAE's importance-sampled test negative log-likelihood"),
+    "export": Command(DEPLOYMENT, "aelight.deploy.export", "main",
+                      "a checkpoint as model.onnx + metadata.json (threshold chosen on validation images)"),
+    "score": Command(DEPLOYMENT, "aelight.deploy.score", "main",
+                     "an exported detector on image files: CSV path,score,anomalous (onnxruntime only)",
+                     uses_torch=False),
     "sweep": Command(MANY_RUNS, "aelight.sweep.command", "run",
                      "a grid or search from a YAML spec, on every device (Optuna):\n"
-                     "aelight sweep configs/sweeps/variants.yaml --data.data_dir data/"),
+                     "aelight sweep configs/sweeps/variants.yaml --data.data_dir data/", uses_torch=False),
 }  # fmt: skip
 APPLICATIONS = [name for name, command in COMMANDS.items() if command.group == APPLICATION]
 
@@ -77,7 +84,7 @@ def main(args: Optional[list] = None) -> None:
         sys.exit(0 if argv else 2)
     # an unknown command goes to the training parser, whose error lists the choices
     command = COMMANDS.get(argv[0], COMMANDS["fit"])
-    if command.group != MANY_RUNS:  # a sweep's own processes train nothing (its trials call this)
+    if command.uses_torch:  # a sweep's own processes train nothing (its trials call this)
         skip_repeated_gpu_probe()
     run = getattr(importlib.import_module(command.module), command.function)
     if command.group == MANY_RUNS:  # its results are results.csv and results.md

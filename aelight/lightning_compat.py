@@ -55,3 +55,12 @@ DDP_TIMED_ITERATIONS = 10
 def ddp_stop_periodic_timing(model) -> None:
     """Makes DDP time only its first ``DDP_TIMED_ITERATIONS`` iterations (not every 100th)."""
     model._set_ddp_runtime_logging_sample_rate(2**31 - 1)
+
+
+def jit_tracing():
+    """A context in which a LightningModule outside a trainer can be traced by ``torch.jit`` (its
+    ``trainer`` property then gives None rather than raising): what ``LightningModule.to_torchscript``
+    uses, for a graph that wraps the module (``aelight export --format torchscript``)."""
+    from lightning.pytorch.core.module import _jit_is_scripting
+
+    return _jit_is_scripting()

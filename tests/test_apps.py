@@ -86,7 +86,7 @@ def test_aelight_help_lists_every_command_and_each_says_what_it_writes(capsys):
     proc = subprocess.run([sys.executable, "-m", "aelight", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line[:2] == "  " and line[2:3].isalpha()}
-    assert listed == {"fit", "validate", "test", "predict", "sweep", *APPLICATIONS}
+    assert listed == {"fit", "validate", "test", "predict", "sweep", "export", "score", *APPLICATIONS}
     writes = {"reduce": "scatter.png", "features": "confusion.png", "anomaly": "score_histograms.png",
               "generate": "vae_samples.png", "denoise": "psnr.png", "nll": "report.json"}  # fmt: skip
     for command in APPLICATIONS:  # in this process: the libraries are imported once
@@ -97,6 +97,11 @@ def test_aelight_help_lists_every_command_and_each_says_what_it_writes(capsys):
         assert "Writes" in out and writes[command] in out, out
         assert "--data-dir" not in out and "--ckpt " not in out  # one dialect: the spelling of aelight fit
         assert ("--ckpt_path" in out) == (command != "anomaly")
+    for command, written in (("export", "metadata.json"), ("score", "path,score,anomalous")):
+        with pytest.raises(SystemExit) as exit_:
+            aelight([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: aelight {command}") and written in out, out
 
 
 def test_the_old_scripts_respell_their_options_for_the_subcommand():
@@ -319,3 +324,29 @@ def test_the_generation_judge_finds_real_images_confident_and_diverse_and_noise_
     assert real["predicted_class_entropy_nats"] > 0.9 * math.log(10)  # the ten classes, about evenly
     assert not (noise["mean_top_class_confidence"] > 0.9 and noise["predicted_class_entropy_nats"] > 0.9 * math.log(10))
     assert noise["frechet_distance"] > 10 * real["frechet_distance"]
+
+
+def test_an_application_serves_a_checkpoint_s_model_deskewed_pixels_when_its_run_trained_on_them(
+    trained, tiny_data, tmp_path
+):
+    from aelight.apps import common
+
+    checkpoint = torch.load(trained["ae"], map_location="cpu", weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"].get("deskew") is False
+    checkpoint["datamodule_hyper_parameters"]["deskew"] = True
+    torch.save(checkpoint, tmp_path / "deskewed.ckpt")
+    plain = common.data(str(tiny_data), trained["ae"], val_size=100)
+    skewless = common.data(str(tiny_data), str(tmp_path / "deskewed.ckpt"), val_size=100)
+    assert not plain.deskew and skewless.deskew
+    assert not torch.equal(plain.split_tensors("test")[0], skewless.split_tensors("test")[0])
+
+
+def test_a_classifier_cache_of_other_weights_is_one_line_naming_it(trained, tiny_data, tmp_path):
+    from aelight.apps.classifier import trained_classifier
+    from aelight.checkpoint_io import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:  # an autoencoder's checkpoint where the classifier belongs
+        trained_classifier(trained["ae"], str(tiny_data), "cpu", val_size=100)
+    message = str(err.value)
+    assert message.startswith(f"classifier cache {trained['ae']}: its weights do not fit aelight's MNIST classifier")
+    assert message.endswith("delete it to train a new one") and "\n" not in message

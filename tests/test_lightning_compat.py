@@ -17,6 +17,7 @@ from aelight.lightning_compat import (
     count_optimizer_step,
     ddp_backward,
     ddp_stop_periodic_timing,
+    jit_tracing,
     logger_will_write,
     summary_file_writer,
 )
@@ -137,3 +138,25 @@ def test_ddp_times_its_first_iterations_and_then_no_more_once_told(one_process_g
     first = set(range(DDP_TIMED_ITERATIONS + 1))
     assert timed_iterations(stop=False) == first | {100, 200}
     assert timed_iterations(stop=True) == first
+
+
+def test_a_lightning_module_outside_a_trainer_traces_only_inside_jit_tracing():
+    class Doubler(L.LightningModule):
+        def forward(self, x):
+            return 2 * x
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = Doubler()
+
+        def forward(self, x):
+            return self.module(x) + 1
+
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        torch.jit.trace(Wrapper(), torch.ones(2))
+    with jit_tracing():
+        traced = torch.jit.trace(Wrapper(), torch.ones(2))
+    assert torch.equal(traced(torch.tensor([1.0, 3.0])), torch.tensor([3.0, 7.0]))
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        Doubler().trainer  # the context put the property back

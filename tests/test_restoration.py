@@ -26,6 +26,10 @@ def test_the_eight_views_are_the_rotations_and_their_mirror_images():
     assert torch.equal(oriented(oriented(x, 2), 2), x)
     assert torch.equal(views[4], x[0, 0].flip(1))
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # all different for an asymmetric image
+    images = torch.rand(2, 3, 5, 5)  # against torch.rot90, the operator the views stand for
+    for v in range(8):
+        expected = torch.rot90(images, v % 4, dims=(-2, -1))
+        assert torch.equal(oriented(images, v), expected.flip(-1) if v >= 4 else expected)
 
 
 def test_random_views_turn_each_image_by_its_own_draw():

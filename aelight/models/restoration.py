@@ -33,8 +33,17 @@ VIEWS = (4, 8)  # the four rotations; with their mirror images
 
 def oriented(x: Tensor, view: int) -> Tensor:
     """View ``view`` of a batch of images (B, C, H, W): turned by ``view % 4`` quarter turns,
-    mirrored left-right for views 4 to 7."""
-    turned = torch.rot90(x, view % 4, dims=(-2, -1))
+    mirrored left-right for views 4 to 7. Written with transposes and flips, which ONNX has (it has
+    no rot90), so an exported detector turns images as training did."""
+    quarter_turns = view % 4
+    if quarter_turns == 1:
+        turned = x.transpose(-2, -1).flip(-2)
+    elif quarter_turns == 2:
+        turned = x.flip((-2, -1))
+    elif quarter_turns == 3:
+        turned = x.transpose(-2, -1).flip(-1)
+    else:
+        turned = x
     return turned.flip(-1) if view >= 4 else turned
 
 
@@ -55,7 +64,16 @@ def relative_error(restored: Tensor, x: Tensor, eps: float = 1e-6) -> Tensor:
 def nearest_distance(queries: Tensor, memory: Tensor, k: int, chunk: int = 2048) -> Tensor:
     """Per query row: the mean Euclidean distance to its ``k`` nearest rows of ``memory``."""
     k = min(k, len(memory))
-    return torch.cat([torch.cdist(q, memory).topk(k, largest=False).values.mean(1) for q in queries.split(chunk)])
+    # in float64: near neighbours on the unit sphere are close, and float32's |q|^2 + |m|^2 - 2 q.m
+    # (cdist's matrix-product form) loses most digits of a small distance; every runtime agrees in float64
+    memory = memory.double()
+
+    def distance(q: Tensor) -> Tensor:
+        return torch.cdist(q.double(), memory).topk(k, largest=False).values.mean(1).to(queries.dtype)
+
+    if len(queries) <= chunk:  # in one piece (also what a traced export records, for any batch size)
+        return distance(queries)
+    return torch.cat([distance(q) for q in queries.split(chunk)])
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""``aelight score``: an exported detector applied to image files, with onnxruntime, numpy and
+Pillow alone (no torch, no Lightning, no training code).
+
+    aelight score --model detector/ new_images/ one_more.png --out scores.csv
+
+Prints ``path,score,anomalous`` (1: the score is above the export's threshold), one line per image,
+or writes it atomically with ``--out``. Folders are searched for PNG, JPEG, BMP and TIFF files.
+"""
+
+import argparse
+import csv
+import io
+import os
+import sys
+from collections.abc import Iterator
+
+from aelight import safe_files
+from aelight.deploy.detector import IMAGE_SUFFIXES, INPUT, DetectorError, read_metadata
+from aelight.errors import exit_with_error, user_message
+
+BATCH = 256  # images run at once
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """The image files named by ``paths``: files as given, folders searched (sorted, hidden
+    entries skipped); a missing path, a named non-image file or a folder without images is one line."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = [
+                os.path.join(root, name)
+                for root, folders, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                if not any(part.startswith(".") for part in os.path.relpath(root, path).split(os.sep) if part != ".")
+            ]
+            if not inside:
+                raise DetectorError(f"{path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
+            found += sorted(inside)
+        elif os.path.isfile(path):
+            if not path.lower().endswith(IMAGE_SUFFIXES):
+                raise DetectorError(f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+            found.append(path)
+        else:
+            raise DetectorError(f"{path}: no such file or folder")
+    return found
+
+
+def read_image(path: str, meta: dict):
+    """One image as float32 (C, H, W) in [0, 1], as the detector's data module served them."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = meta["input"]["shape"]
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DetectorError(f"{path}: not a readable image ({err})") from None
+    if image.mode == "P":  # a palette: its colours decide
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    bands = [b for b in image.getbands() if b != "A"]
+    if len(bands) != channels:
+        kind = "grayscale (1 channel)" if channels == 1 else "RGB (3 channels)"
+        raise DetectorError(f"{path}: an image of {len(bands)} channels ({image.mode}); the model takes {kind}")
+    image = image.convert("L" if channels == 1 else "RGB")
+    resize = meta["input"].get("resize")
+    if resize:
+        image = image.resize((resize[1], resize[0]), Image.BILINEAR)
+    crop = meta["input"].get("center_crop")
+    if crop:
+        left, top = (image.width - crop[1]) // 2, (image.height - crop[0]) // 2
+        image = image.crop((left, top, left + crop[1], top + crop[0]))
+    if (image.height, image.width) != (height, width):
+        raise DetectorError(
+            f"{path}: {image.width}x{image.height} pixels; the model takes {width}x{height} "
+            "(its export resizes nothing: give images of that size)"
+        )
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def scorer(folder: str, meta: dict):
+    """A function from a float32 batch (N, C, H, W) to its scores (N,)."""
+    path = os.path.join(folder, meta["model_file"])
+    if not os.path.isfile(path):
+        raise DetectorError(f"--model {folder}: {meta['model_file']} is missing; export the model again")
+    if meta["format"] == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise DetectorError("aelight score needs onnxruntime: pip install 'aelight[export]'") from None
+
+        try:
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime's errors name no common class
+            raise DetectorError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
+        return lambda batch: session.run(["score"], {INPUT: batch})[0]
+    import warnings
+
+    import torch  # a TorchScript export needs torch to run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        module = torch.jit.load(path)
+
+    def run(batch):
+        with torch.no_grad():
+            return module(torch.from_numpy(batch))[1].numpy()
+
+    return run
+
+
+def batches(files: list[str], meta: dict) -> Iterator[tuple[list[str], "object"]]:
+    import numpy as np
+
+    for start in range(0, len(files), BATCH):
+        names = files[start : start + BATCH]
+        yield names, np.stack([read_image(f, meta) for f in names])
+
+
+def run(args) -> None:
+    meta = read_metadata(args.model)
+    files = image_files(args.paths)
+    score = scorer(args.model, meta)
+    rows = []
+    for names, batch in batches(files, meta):  # every image read and checked before anything is written
+        rows += [(name, float(s)) for name, s in zip(names, score(batch))]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "score", "anomalous"])
+    writer.writerows((name, f"{s:.8g}", int(s > meta["threshold"])) for name, s in rows)
+    if args.out:
+        safe_files.write_text(args.out, text.getvalue(), what="scores")
+        print(f"{len(rows)} images scored, {sum(s > meta['threshold'] for _, s in rows)} anomalous: {args.out}")
+    else:
+        sys.stdout.write(text.getvalue())
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aelight score",
+        description="Applies a detector written by `aelight export` to image files and folders.",
+        epilog="Prints CSV lines path,score,anomalous (1: score above the export's threshold), or writes\n"
+        "them to --out FILE. Needs onnxruntime, numpy and Pillow only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="a folder written by aelight export")
+    parser.add_argument("--out", default=None, help="write the CSV to this file instead of printing it")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched for images")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except Exception as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        exit_with_error(message)
