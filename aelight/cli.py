@@ -22,19 +22,20 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aelight import run_result, safe_files, trust
+from aelight import run_result, safe_files
 from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionImages, ResumableRNG
 from aelight.callbacks.progress import OptimizerStepProgressBar
-from aelight.checkpoint_io import SafeCheckpointIO, check_weights_fit, model_arguments, weight_shapes
+from aelight.checkpoints import trust
+from aelight.checkpoints.io import SafeCheckpointIO, check_weights_fit, model_arguments, weight_shapes
 from aelight.data import MNISTDataModule
-from aelight.engine import TrainingEngine
 from aelight.errors import AelightError, exit_saying, exit_with_error, user_message
-from aelight.loggers import TensorBoardRun
 from aelight.models import AE
 from aelight.runtime import PRUNED_EXIT, is_higher_rank
+from aelight.training.engine import TrainingEngine
+from aelight.training.loggers import TensorBoardRun
 
 CKPT_ALIASES = ("best", "last")
-TENSORBOARD = "aelight.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
+TENSORBOARD = "aelight.training.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 # The run folder rank 0 claimed, for the other processes of a DDP run that Lightning starts with
@@ -137,7 +138,7 @@ class AELightCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ResumableRNG, "rng")
-        # How optimizer steps are taken (aelight/engine.py): its own key, one owner of
+        # How optimizer steps are taken (aelight/training/engine.py): its own key, one owner of
         # steps_per_batch, handed to the data module, which serves that many batches at once.
         parser.add_lightning_class_args(TrainingEngine, "engine")
         parser.set_defaults({"engine.steps_per_batch": 8})
@@ -161,7 +162,7 @@ class AELightCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # Runs right after parsing, before Lightning reads the checkpoint's hyperparameters (and
         # imports the class paths they name): resolve best/last, then load the file weights-only
-        # and check every class path it names against aelight.trust's allow-list, so a bad or
+        # and check every class path it names against aelight.checkpoints.trust's allow-list, so a bad or
         # crafted file gets a message and nothing is imported from it.
         subcommand, cfg = self._subcommand_config()
         self._checkpoint_shapes = None  # the checkpoint's weight shapes, checked against the model before running

@@ -3,7 +3,7 @@
 Every command is a row of ``COMMANDS``: where it runs and the line ``aelight --help`` prints for
 it. The entry point imports only the module of the command asked for, so ``aelight sweep`` and its
 workers start without torch or Lightning (a sweep's trials import them once per worker, in
-``aelight.trial_process``). Every command but the sweep records how it ended in a result.json
+``aelight.sweep.trial_process``). Every command but the sweep records how it ended in a result.json
 (``aelight.run_result``)."""
 
 import importlib

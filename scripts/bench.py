@@ -27,7 +27,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
 from aelight.data.pixels import to_float_images  # noqa: E402
-from aelight.engine import TrainingEngine  # noqa: E402
+from aelight.training.engine import TrainingEngine  # noqa: E402
 
 
 # --- the reference PyTorch code, verbatim except that paths and device are parameters ------------------------

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aelight.cli import build_cli  # noqa: E402
-from aelight.engine import TrainingEngine  # noqa: E402
+from aelight.training.engine import TrainingEngine  # noqa: E402
 
 
 class EpochTimer(L.Callback):

@@ -343,7 +343,7 @@ def test_an_application_serves_a_checkpoint_s_model_deskewed_pixels_when_its_run
 
 def test_a_classifier_cache_of_other_weights_is_one_line_naming_it(trained, tiny_data, tmp_path):
     from aelight.apps.classifier import trained_classifier
-    from aelight.checkpoint_io import CheckpointError
+    from aelight.checkpoints.io import CheckpointError
 
     with pytest.raises(CheckpointError) as err:  # an autoencoder's checkpoint where the classifier belongs
         trained_classifier(trained["ae"], str(tiny_data), "cpu", val_size=100)

@@ -306,3 +306,22 @@ def test_a_sweep_s_options_are_checked_by_the_trials_parser_value_by_value(tmp_p
         )
         is None
     )
+
+
+def test_class_paths_that_configs_of_earlier_releases_name_still_parse_to_the_same_classes():
+    from aelight import loggers, sweep_pruning
+    from aelight.cli import argument_problem
+    from aelight.sweep import pruning
+    from aelight.training import loggers as training_loggers
+
+    assert loggers.TensorBoardLogger is training_loggers.TensorBoardLogger
+    assert loggers.TensorBoardRun is training_loggers.TensorBoardRun
+    assert sweep_pruning.SweepPruning is pruning.SweepPruning
+    old = [
+        "--trainer.logger.class_path=aelight.loggers.TensorBoardLogger",
+        "--trainer.callbacks+=aelight.loggers.TensorBoardRun",
+    ]
+    assert argument_problem(old) is None
+    assert "aelight.loggers.NoSuchLogger" in argument_problem(
+        ["--trainer.logger.class_path=aelight.loggers.NoSuchLogger"]
+    )

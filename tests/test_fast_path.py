@@ -9,10 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from aelight.corruption import corrupt
+from aelight.components.corruption import corrupt
 from aelight.data import MNISTDataModule
-from aelight.engine import TrainingEngine
 from aelight.models import AE, DenoisingAE
+from aelight.training.engine import TrainingEngine
 from tests.conftest import REPO
 
 
@@ -173,7 +173,7 @@ def test_cuda_graph_option_without_a_gpu_warns_and_trains_as_without_it(tiny_dat
 
 
 def test_cuda_graph_key_changes_with_what_a_captured_step_bakes_in():
-    from aelight.cuda_graph import GraphedStep
+    from aelight.training.cuda_graph import GraphedStep
 
     model = torch.nn.Linear(4, 4)
     adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -190,7 +190,7 @@ def test_cuda_graph_key_changes_with_what_a_captured_step_bakes_in():
 
 def test_cuda_graph_capture_waits_for_its_warm_up_calls_and_for_ready():
     # Under DDP the engine's ready() holds capture back until DDP's timed iterations are over.
-    from aelight.cuda_graph import GraphedStep
+    from aelight.training.cuda_graph import GraphedStep
 
     model = torch.nn.Linear(4, 4)
     batches, captured_at, eager_calls = [0], [], []

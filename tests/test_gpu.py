@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from aelight.cli import build_cli
-from aelight.cuda_graph import GraphedStep
 from aelight.data import MNISTDataModule
-from aelight.engine import TrainingEngine
 from aelight.models import AE, VAE
+from aelight.training.cuda_graph import GraphedStep
+from aelight.training.engine import TrainingEngine
 from tests.conftest import REPO
 from tests.test_cli import CONFIGS
 

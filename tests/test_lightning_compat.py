@@ -1,4 +1,4 @@
-"""The private Lightning interfaces aelight relies on (aelight/lightning_compat.py) are still there
+"""The private Lightning interfaces aelight relies on (aelight/training/lightning_compat.py) are still there
 and still mean what aelight takes them to mean: these fail when a Lightning release changes them."""
 
 import inspect
@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from torch.nn.parallel import DistributedDataParallel
 
-from aelight.lightning_compat import (
+from aelight.training.lightning_compat import (
     CLI_CHECKPOINT_HOOK,
     DDP_TIMED_ITERATIONS,
     count_optimizer_step,

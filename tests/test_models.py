@@ -115,7 +115,7 @@ def test_denoising_corrupts_training_input_only_and_targets_stay_clean(batch):
 
 @pytest.mark.parametrize("kind", ["gaussian", "masking", "salt_and_pepper"])
 def test_corruptions_change_about_the_requested_amount(kind, batch):
-    from aelight.corruption import corrupt
+    from aelight.components.corruption import corrupt
 
     x = torch.full((200, 1, 28, 28), 0.5)
     y = corrupt(x, kind, 0.3, torch.Generator().manual_seed(0))

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from aelight.callbacks import FiniteLossGuard
-from aelight.checkpoint_io import CheckpointError, SafeCheckpointIO
+from aelight.checkpoints.io import CheckpointError, SafeCheckpointIO
 from aelight.commands import main
 from aelight.data import MNISTDataModule
-from aelight.engine import TrainingEngine
 from aelight.errors import NonFiniteLossError
 from aelight.models import AE
+from aelight.training.engine import TrainingEngine
 from tests.conftest import REPO, kill_inside_a_slow_save
 
 

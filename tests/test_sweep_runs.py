@@ -15,7 +15,7 @@ import yaml
 from aelight.errors import ConfigError
 from aelight.sweep import spec as sweep_spec
 from aelight.sweep import trial as sweep_trial
-from aelight.trial_process import BEST_CHECKPOINT
+from aelight.sweep.trial_process import BEST_CHECKPOINT
 from tests.conftest import REPO
 from tests.test_sweep import SHORT, rows, sweep_cmd, write_spec
 

@@ -174,8 +174,8 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
 
 
 def test_untouched_checkpoints_still_load_with_their_class_paths(fitted, tmp_path):
-    from aelight import trust
     from aelight.apps.common import checkpoint_model_class
+    from aelight.checkpoints import trust
 
     for name in ("ae", "vae"):
         checkpoint = trust.load_checkpoint(fitted[name])
@@ -185,7 +185,8 @@ def test_untouched_checkpoints_still_load_with_their_class_paths(fitted, tmp_pat
 def test_the_allow_list_is_data_that_names_every_class_aelight_exports_and_nothing_else():
     import inspect
 
-    from aelight import components, models, trust
+    from aelight import components, models
+    from aelight.checkpoints import trust
     from aelight.data import MNISTDataModule
 
     exported = [getattr(models, n) for n in models.__all__] + [MNISTDataModule]
@@ -205,7 +206,7 @@ def test_the_allow_list_is_data_that_names_every_class_aelight_exports_and_nothi
 
 
 def test_a_users_own_module_can_be_trusted_explicitly(fitted, tmp_path, monkeypatch):
-    from aelight import trust
+    from aelight.checkpoints import trust
 
     evil = crafted(fitted["ae"], tmp_path / "x.ckpt", "encoder")
     with pytest.raises(trust.UntrustedCheckpointError):
@@ -353,7 +354,7 @@ def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previo
     """The full disk without a mount: the OSError is injected where the checkpoint's bytes are written."""
     import errno
 
-    from aelight import checkpoint_io
+    from aelight.checkpoints import io as checkpoint_io
 
     logs = tmp_path / "logs"
     main(tiny_args(tiny_data, logs, "fit", CONFIG))

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from aelight.components import MLPDecoder, MLPEncoder, deskewed
+from aelight.components.neighbor_graph import curve_parameters, fuzzy_graph, membership_strengths, nearest_neighbors
 from aelight.data import MNISTDataModule
 from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError
 from aelight.models import UMAPAE
-from aelight.neighbor_graph import curve_parameters, fuzzy_graph, membership_strengths, nearest_neighbors
 
 
 def test_nearest_neighbors_match_brute_force():

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from aelight import trust
-from aelight.checkpoint_io import SafeCheckpointIO, check_weights_fit, weight_shapes
+from aelight.checkpoints import trust
+from aelight.checkpoints.io import SafeCheckpointIO, check_weights_fit, weight_shapes
 from aelight.safe_files import check_writable
 
 
@@ -72,7 +72,7 @@ def trained_classifier(
     """The cached classifier at ``path`` (trained there first if missing) and its test accuracy.
 
     The cache is a checkpoint like any other: loaded weights-only with its class paths checked
-    (aelight.trust), written atomically."""
+    (aelight.checkpoints.trust), written atomically."""
     from aelight.apps.common import data
 
     cached = os.path.exists(path)

@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
-from aelight import run_result, safe_files, trust
-from aelight.checkpoint_io import check_weights_fit, model_arguments, weight_shapes
+from aelight import run_result, safe_files
+from aelight.checkpoints import trust
+from aelight.checkpoints.io import check_weights_fit, model_arguments, weight_shapes
 from aelight.data import MNISTDataModule
 from aelight.data.pixels import to_float_images
 from aelight.errors import AelightError, exit_with_error, user_message  # noqa: F401 - AelightError re-exported for the commands
@@ -118,7 +119,7 @@ def load_model(ckpt: str, device: str) -> AE:
     """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file).
 
     The file is loaded weights-only and every class path it names is checked against
-    ``aelight.trust``'s allow-list before anything it names is imported. Speed settings that old
+    ``aelight.checkpoints.trust``'s allow-list before anything it names is imported. Speed settings that old
     checkpoints kept among the model's arguments (now the training engine's) are left out."""
     checkpoint = trust.load_checkpoint(ckpt)
     model_class = checkpoint_model_class(checkpoint, ckpt)

@@ -15,7 +15,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchvision.transforms.functional import gaussian_blur
 
 from aelight.apps import common
-from aelight.corruption import corrupt
+from aelight.components.corruption import corrupt
 
 CORRUPTIONS = {"gaussian_0.25": ("gaussian", 0.25), "gaussian_0.5": ("gaussian", 0.5), "masking_0.5": ("masking", 0.5)}
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)

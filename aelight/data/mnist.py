@@ -43,7 +43,7 @@ class MNISTDataModule(L.LightningDataModule):
             time it is used (dynamic binarisation); validation and test are binarized once with
             ``binarize_seed`` (fixed). Needs ``device_resident: true``.
         steps_per_batch: training batches served per Lightning batch, for a training engine that
-            takes that many optimizer steps on each (``aelight.engine.TrainingEngine``; the CLI
+            takes that many optimizer steps on each (``aelight.training.engine.TrainingEngine``; the CLI
             links this to ``engine.steps_per_batch``).
         deskew: every image deskewed once as it is read (``aelight.components.deskewed``: sheared
             so that its strokes stand upright, centred on its centre of mass), all splits alike: a

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aelight import safe_files, trust
+from aelight import safe_files
 from aelight.apps import common
 from aelight.apps.anomaly import percentile, score_name
+from aelight.checkpoints import trust
 from aelight.components.deskew import deskewed
 from aelight.deploy import detector
 from aelight.deploy.detector import DetectorError
-from aelight.lightning_compat import jit_tracing
+from aelight.training.lightning_compat import jit_tracing
 
 TOLERANCE = 1e-4  # largest difference allowed between the runtime's outputs and PyTorch's
 CHECK_IMAGES = 256  # validation images the export is checked on

@@ -3,7 +3,7 @@
 It owns what all variants share: the step of every stage, logging of each loss term,
 reconstruction metrics, the optimizer and scheduler, and the ``encode`` / ``decode`` /
 ``reconstruct`` helpers. How optimizer steps are taken (several per batch, direct, graphed,
-compiled) is the training engine's business (``aelight.engine``), not the model's: it calls
+compiled) is the training engine's business (``aelight.training.engine``), not the model's: it calls
 ``training_terms``. A variant overrides only what differs:
 
 - ``corrupt(x)``: the training input (identity here; noise for the denoising AE),
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from aelight import trust
-from aelight.checkpoint_io import check_weights_fit, weight_shapes
+from aelight.checkpoints import trust
+from aelight.checkpoints.io import check_weights_fit, weight_shapes
 from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 
@@ -102,7 +102,7 @@ class AE(L.LightningModule):
         # SSIM in fit's validation pass every epoch (``validate`` and ``test`` always report it).
         self.ssim_in_fit = ssim_in_fit
         self.metrics = reconstruction_metrics("")
-        # Set by aelight.engine.TrainingEngine while it takes the optimizer steps (several per batch,
+        # Set by aelight.training.engine.TrainingEngine while it takes the optimizer steps (several per batch,
         # graphed or compiled); None: Lightning's automatic optimization.
         self.training_engine = None
 
@@ -173,7 +173,7 @@ class AE(L.LightningModule):
 
     def load_init_weights(self, path: str) -> None:
         """Copies the weights of the checkpoint at ``path`` (loaded weights-only, its class paths
-        checked, see aelight.trust) into this model."""
+        checked, see aelight.checkpoints.trust) into this model."""
         state = trust.load_checkpoint(path)["state_dict"]
         check_weights_fit(
             self, weight_shapes(state), f"init_weights {path}", f"this {type(self).__name__}",

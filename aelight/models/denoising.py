@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from aelight.corruption import NoiseKind, check_noise, corrupt
+from aelight.components.corruption import NoiseKind, check_noise, corrupt
 from aelight.models.autoencoder import AE, reconstruction_metrics
 
 

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from aelight.components.deskew import deskewed
+from aelight.components.neighbor_graph import curve_parameters, fuzzy_graph
 from aelight.data.pixels import to_float_images
 from aelight.errors import ConfigError
 from aelight.models.autoencoder import AE
-from aelight.neighbor_graph import curve_parameters, fuzzy_graph
 
 
 class UMAPAE(AE):

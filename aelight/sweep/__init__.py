@@ -11,7 +11,7 @@ then starts N worker processes per device; each takes trials from the study with
 samplers (grid, or TPE for a search, with optuna-integration's Lightning pruning callback) and runs
 each as an ordinary ``aelight fit`` (then ``aelight test`` of its best checkpoint), ``aelight
 anomaly`` or application, under ``<out>/runs/trial_<n>/``, in one fresh child of the worker's warm
-forkserver (``aelight.trial_process``): the sweep's own processes never import torch or Lightning.
+forkserver (``aelight.sweep.trial_process``): the sweep's own processes never import torch or Lightning.
 A trial learns how each run ended, its metrics and its best checkpoint from the run's result.json
 (``aelight.run_result``). At the end it writes ``results.csv`` (a row per trial and seed: its
 settings, seed, metrics, status, seconds, reason, host and device, run folder) and ``results.md``

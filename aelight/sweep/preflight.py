@@ -15,7 +15,7 @@ from typing import Optional
 
 from aelight.sweep.spec import SweepSpec, encode
 from aelight.sweep.trial import trial_commands
-from aelight.trial_process import context
+from aelight.sweep.trial_process import context
 
 
 def checked_values(spec: SweepSpec) -> list[tuple[str, dict]]:
@@ -46,7 +46,7 @@ def trial_checks(spec: SweepSpec, extra: list[str], scratch: Path) -> list:
 def problem(spec: SweepSpec, extra: list[str]) -> Optional[tuple[str, str]]:
     """(what, the parser's reason) for the first grid or search value (or sweep option) that the
     trials' command would refuse, or None. The parsing runs in a child of this process's warm
-    forkserver (``aelight.trial_process``), which the worker then forks its trials from."""
+    forkserver (``aelight.sweep.trial_process``), which the worker then forks its trials from."""
     with tempfile.TemporaryDirectory() as scratch:  # the trials' folders, never created
         checks = [(what, command.argv) for what, command in trial_checks(spec, extra, Path(scratch))]
     with ProcessPoolExecutor(1, mp_context=context()) as pool:

@@ -17,8 +17,8 @@ import optuna
 from aelight import run_result
 from aelight.sweep.spec import APP_DATA_OPTIONS, APPLIED, SweepSpec, encode, linked_value, option, trial_options
 from aelight.sweep.study import RUNNING_HERE, SPARE, taken_by_another
-from aelight.trial_process import BEST_CHECKPOINT, TrialCommand
-from aelight.trial_process import run_commands as run_in_child
+from aelight.sweep.trial_process import BEST_CHECKPOINT, TrialCommand
+from aelight.sweep.trial_process import run_commands as run_in_child
 
 TRIAL_ENV = "AELIGHT_SWEEP_TRIAL"  # storage URL, study name and trial number, for a run's pruning callback
 PRUNING_CALLBACK = '--trainer.callbacks+={"class_path": "aelight.sweep.pruning.SweepPruning"}'

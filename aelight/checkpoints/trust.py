@@ -30,7 +30,7 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from aelight.checkpoint_io import CheckpointError, SafeCheckpointIO
+from aelight.checkpoints.io import CheckpointError, SafeCheckpointIO
 
 TRUSTED_MODULES_ENV = "AELIGHT_TRUSTED_MODULES"
 CLASS_PATH_KEYS = ("class_path", "_class_path", "_instantiator")

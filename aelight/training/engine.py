@@ -15,7 +15,7 @@ A model says what one training step computes (``AE.training_terms``: the loss te
   no profiler, no callback or module hook listening) the engine calls the two directly and counts
   the step; under DDP it readies DDP's gradient all-reduce before each backward, as Lightning does.
 - ``cuda_graph: true``: all steps of a Lightning batch replayed as one captured CUDA graph
-  (``aelight.cuda_graph``), on a CUDA device with direct steps; otherwise a warning. Under DDP
+  (``aelight.training.cuda_graph``), on a CUDA device with direct steps; otherwise a warning. Under DDP
   the graph holds the gradient all-reduce too (NCCL collectives can be captured), captured after
   DDP's first timed iterations.
 - ``compile_step: true``: each step's forward and loss through ``torch.compile``.
@@ -40,16 +40,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from aelight.cuda_graph import GraphedStep
 from aelight.errors import ConfigError
-from aelight.lightning_compat import (
+from aelight.models.autoencoder import stack_terms
+from aelight.training.cuda_graph import GraphedStep
+from aelight.training.lightning_compat import (
     DDP_TIMED_ITERATIONS,
     count_optimizer_step,
     ddp_backward,
     ddp_stop_periodic_timing,
     logger_will_write,
 )
-from aelight.models.autoencoder import stack_terms
 
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 

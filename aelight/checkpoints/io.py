@@ -4,7 +4,7 @@ Saving goes through ``aelight.safe_files.atomic_open`` (a temporary file beside 
 fsynced and renamed over the final name), so a process killed at any moment, or a full disk,
 leaves either the old checkpoint or the new one, never a torn file under a final name. Loading is
 weights-only by default (set by the CLI): a checkpoint that carries pickled objects (code that
-would run on load) is refused; ``aelight.trust`` then checks the class paths it names.
+would run on load) is refused; ``aelight.checkpoints.trust`` then checks the class paths it names.
 """
 
 import os
