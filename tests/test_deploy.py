@@ -54,6 +54,7 @@ def test_the_export_holds_the_threshold_of_the_normal_validation_images_and_what
     meta = json.loads((detectors["onnx"] / "metadata.json").read_text())
     assert sorted(p.name for p in detectors["onnx"].iterdir()) == ["metadata.json", "model.onnx"]
     assert meta["input"]["shape"] == [1, 28, 28] and meta["input"]["channels"] == 1
+    assert meta["class_names"][3] == "3 - three" and len(meta["class_names"]) == 10  # torchvision's label names
     assert meta["model"]["checkpoint_sha256"] == hashlib.sha256(open(detectors["ae"], "rb").read()).hexdigest()
     assert meta["threshold_from"]["normal_classes"] == [3] and meta["threshold_from"]["percentile"] == 95.0
     # the oracle: the model's reconstruction error of digit 3's validation images, numpy's percentile

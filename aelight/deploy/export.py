@@ -220,7 +220,7 @@ def run(args) -> dict:
                 "normal_classes": dm.classes if dm.classes is not None else list(range(10)),
                 "split_seed": dm.split_seed,
             },
-            "class_names": [str(d) for d in range(10)],
+            "class_names": list(dm.splits["test"].classes),  # torchvision's names of the dataset's labels
             "model": {
                 "class": checkpoint.get("hyper_parameters", {}).get("_class_path", "aelight.models.AE"),
                 "checkpoint": str(Path(args.ckpt_path).resolve()),
