@@ -209,7 +209,8 @@ class AELightCLI(LightningCLI):
             self.save_config_kwargs = {**self.save_config_kwargs, "claimed_version": True}
         version = logger.init_args.version
         run_dir = os.path.join(run_root, version if isinstance(version, str) else f"version_{version}")
-        safe_files.check_writable(run_dir, WRITABLE_HINT)
+        if not is_higher_rank():  # rank 0 writes the run's files; another node's process may not know its folder
+            safe_files.check_writable(run_dir, WRITABLE_HINT)
         _output_folder[:] = [run_dir]
         _record_folder(run_dir)
 
@@ -322,16 +323,25 @@ def _version_number(ckpt_path: str) -> int:
 WRITABLE_HINT = "choose another with --trainer.logger.init_args.save_dir DIR"
 
 
+def _next_version(run_root: str) -> int:
+    """One more than the highest ``version_N`` folder under ``run_root`` (0 when there is none)."""
+    names = os.listdir(run_root) if os.path.isdir(run_root) else []
+    return max((int(m.group(1)) for d in names if (m := re.fullmatch(r"version_(\d+)", d))), default=-1) + 1
+
+
 def _run_version(run_root: str) -> int:
     """Claims the next free ``version_N`` folder under ``run_root`` with an exclusive ``mkdir``:
     of several runs started at once, each gets its own. Processes of a DDP run other than rank 0
-    take the one rank 0 claimed."""
-    if is_higher_rank() and os.environ.get(RUN_VERSION_ENV):
-        return int(os.environ[RUN_VERSION_ENV])
+    take the one rank 0 claimed, and create nothing."""
+    if is_higher_rank():
+        if os.environ.get(RUN_VERSION_ENV):  # a process Lightning started beside rank 0
+            return int(os.environ[RUN_VERSION_ENV])
+        # a process started on another node (NODE_RANK > 0) cannot know rank 0's claim; it writes no
+        # file of the run (its checkpoint folder is rank 0's, broadcast by Lightning), so it claims none
+        return _next_version(run_root)
     try:
         os.makedirs(run_root, exist_ok=True)
-        taken = [int(m.group(1)) for d in os.listdir(run_root) if (m := re.fullmatch(r"version_(\d+)", d))]
-        version = max(taken, default=-1) + 1
+        version = _next_version(run_root)
         while True:
             try:
                 os.mkdir(os.path.join(run_root, f"version_{version}"))

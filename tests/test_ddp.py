@@ -1,9 +1,12 @@
 """DDP with two CPU processes (gloo), through the real command: the ddp_sim trainer config."""
 
 import glob
+import os
+import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO, short_run_args
@@ -47,3 +50,51 @@ def test_ddp_two_processes_fit_and_predict_with_the_weights_of_lightnings_step_p
     assert [len(p["z"]) for p in parts] == [100, 100]
     recon = torch.cat([p["recon"].flatten(1) for p in parts])
     assert len(torch.unique(recon, dim=0)) == 200
+
+
+@pytest.mark.multinode
+def test_two_nodes_of_one_process_each_train_as_a_two_process_run_into_one_folder(tiny_data, tmp_path):
+    # The commands README gives for two nodes, both on this machine: NODE_RANK 0 and 1, one
+    # process each, gloo over 127.0.0.1; against the same config and seed as one two-process node.
+    config = ["--config=configs/ae.yaml", "--config=configs/trainer/ddp_sim.yaml", "--seed_everything=3"]
+    aelight(*short_run_args(tiny_data, tmp_path / "one_node", "fit", *config, epochs=2, batches=4))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aelight",
+                *short_run_args(
+                    tiny_data,
+                    tmp_path / "two_nodes",
+                    "fit",
+                    *config,
+                    "--trainer.num_nodes=2",
+                    "--trainer.devices=1",
+                    epochs=2,
+                    batches=4,
+                ),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank)},
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[1][-3000:] + outputs[0][-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    # one run folder, written by rank 0 alone
+    assert sorted(p.name for p in (tmp_path / "two_nodes" / "ae").iterdir()) == ["version_0"]
+    runs = {
+        name: torch.load(tmp_path / name / "ae" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("one_node", "two_nodes")
+    }
+    assert runs["two_nodes"]["global_step"] == runs["one_node"]["global_step"] == 2 * 8
+    for key, value in runs["one_node"]["state_dict"].items():
+        torch.testing.assert_close(runs["two_nodes"]["state_dict"][key], value, rtol=0, atol=1e-6)
