@@ -115,13 +115,14 @@ def check_device(device: str) -> None:
         raise AelightError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def load_model(ckpt: str, device: str) -> AE:
-    """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file).
+def load_model(ckpt: str, device: str, checkpoint: Optional[dict] = None) -> AE:
+    """Any aelight model from a checkpoint of `aelight fit` (its class and networks come from the file;
+    ``checkpoint``: the file already loaded with ``trust.load_checkpoint``).
 
     The file is loaded weights-only and every class path it names is checked against
     ``aelight.checkpoints.trust``'s allow-list before anything it names is imported. Speed settings that old
     checkpoints kept among the model's arguments (now the training engine's) are left out."""
-    checkpoint = trust.load_checkpoint(ckpt)
+    checkpoint = checkpoint if checkpoint is not None else trust.load_checkpoint(ckpt)
     model_class = checkpoint_model_class(checkpoint, ckpt)
     hparams = checkpoint.get("hyper_parameters") or {}
     config = model_arguments(hparams)
@@ -163,11 +164,20 @@ def checkpoint_model_class(checkpoint: dict, path) -> type:
 PIXEL_SETTINGS = ("deskew",)
 
 
-def data(data_dir: str, ckpt_path: Optional[str] = None, **kw) -> MNISTDataModule:
-    """The data module of an application; with ``ckpt_path``, serving pixels as that run's did."""
-    if ckpt_path is not None:
-        trained = trust.load_checkpoint(ckpt_path).get("datamodule_hyper_parameters") or {}
-        kw = {**{k: trained[k] for k in PIXEL_SETTINGS if k in trained}, **kw}
+def run_data_settings(checkpoint: dict, names: tuple[str, ...] = PIXEL_SETTINGS) -> dict:
+    """The settings ``names`` of the data module of a checkpoint's run, those it recorded."""
+    trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    return {k: trained[k] for k in names if k in trained}
+
+
+def load_run(ckpt: str, device: str) -> tuple[AE, dict]:
+    """A checkpoint's model (``load_model``) and the data settings its pixels need
+    (``PIXEL_SETTINGS``, for ``data``), from one read of the file."""
+    checkpoint = trust.load_checkpoint(ckpt)
+    return load_model(ckpt, device, checkpoint), run_data_settings(checkpoint)
+
+
+def data(data_dir: str, **kw) -> MNISTDataModule:
     dm = MNISTDataModule(data_dir=data_dir, download=False, **kw)
     dm.prepare_data()
     dm.setup("fit")

@@ -55,8 +55,8 @@ def scores(pred: Tensor, target: Tensor) -> dict:
 
 
 def evaluate(args) -> dict:
-    model = common.load_model(args.ckpt_path, args.device)
-    dm = common.data(args.data_dir, args.ckpt_path, val_size=args.val_size)
+    model, pixels = common.load_run(args.ckpt_path, args.device)
+    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
     val, _ = common.images_and_labels(dm, "val", args.device)
     test, _ = common.images_and_labels(dm, "test", args.device)
     filters = classical_filters()

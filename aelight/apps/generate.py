@@ -62,13 +62,13 @@ def manifold(model, size: int = 20) -> Tensor:
 
 
 def run(args) -> dict:
-    model = common.load_model(args.ckpt_path, args.device)
+    model, pixels = common.load_run(args.ckpt_path, args.device)
     if not callable(getattr(model, "sample", None)):
         raise common.AelightError(
             f"{args.ckpt_path} holds a {type(model).__name__}, not a generative model (use a VAE)"
         )
     baseline = common.load_model(args.baseline_ckpt_path, args.device) if args.baseline_ckpt_path else None
-    dm = common.data(args.data_dir, args.ckpt_path, val_size=args.val_size)
+    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
     test_x, _ = common.images_and_labels(dm, "test", args.device)
     train_x, _ = common.full_training_set(dm, args.device)
     classifier, accuracy = trained_classifier(

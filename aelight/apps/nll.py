@@ -12,10 +12,10 @@ from aelight.apps import common
 
 
 def run(args) -> dict:
-    model = common.load_model(args.ckpt_path, args.device)
+    model, pixels = common.load_run(args.ckpt_path, args.device)
     if not hasattr(model, "log_likelihood"):
         raise common.AelightError(f"{args.ckpt_path} holds a {type(model).__name__}, not a VAE")
-    dm = common.data(args.data_dir, args.ckpt_path, val_size=args.val_size, binarize=True)
+    dm = common.data(args.data_dir, val_size=args.val_size, binarize=True, **pixels)
     x, _ = common.images_and_labels(dm, "test", args.device)
     x = x[: args.limit] if args.limit else x
     torch.manual_seed(0)

@@ -37,8 +37,8 @@ class Codes(NamedTuple):
 
 
 def codes(args) -> Codes:
-    model = common.load_model(args.ckpt_path, args.device)
-    dm = common.data(args.data_dir, args.ckpt_path, val_size=args.val_size)
+    model, pixels = common.load_run(args.ckpt_path, args.device)
+    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
     train_x, train_y = common.full_training_set(dm, args.device)
     test_x, test_y = common.images_and_labels(dm, "test", args.device)
     return Codes(

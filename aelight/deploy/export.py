@@ -65,12 +65,6 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def run_settings(checkpoint: dict) -> dict:
-    """The data settings of the checkpoint's training run (those of ``DATA_SETTINGS`` it recorded)."""
-    trained = checkpoint.get("datamodule_hyper_parameters") or {}
-    return {k: trained[k] for k in DATA_SETTINGS if k in trained}
-
-
 @torch.no_grad()
 def scores_of(graph: Detector, images: Tensor) -> Tensor:
     return common.batched(lambda x: graph(x)[1], images).float()
@@ -171,8 +165,8 @@ def run(args) -> dict:
     out = Path(args.out)
     check_out(out)
     checkpoint = trust.load_checkpoint(args.ckpt_path)
-    settings = run_settings(checkpoint)
-    model = common.load_model(args.ckpt_path, "cpu")
+    settings = common.run_data_settings(checkpoint, DATA_SETTINGS)
+    model = common.load_model(args.ckpt_path, "cpu", checkpoint)
     deskew = bool(settings.pop("deskew", False))
     if args.val_size is not None:
         settings["val_size"] = args.val_size
