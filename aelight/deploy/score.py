@@ -27,13 +27,10 @@ def image_files(paths: list[str]) -> list[str]:
     found = []
     for path in paths:
         if os.path.isdir(path):
-            inside = [
-                os.path.join(root, name)
-                for root, folders, names in os.walk(path)
-                for name in names
-                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
-                if not any(part.startswith(".") for part in os.path.relpath(root, path).split(os.sep) if part != ".")
-            ]
+            inside = []
+            for root, folders, names in os.walk(path):
+                folders[:] = [f for f in folders if not f.startswith(".")]  # hidden folders are not searched
+                inside += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES) and n[0] != "."]
             if not inside:
                 raise DetectorError(f"{path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
             found += sorted(inside)
