@@ -5,10 +5,22 @@ importing a light part of aelight (its command table, the sweep) does not import
 
 import importlib
 
-__all__ = ["AE", "ContractiveAE", "DenoisingAE", "SparseAE", "VAE", "WTAAE", "UMAPAE", "MNISTDataModule"]
+__all__ = [
+    "AE",
+    "ContractiveAE",
+    "DenoisingAE",
+    "SparseAE",
+    "VAE",
+    "WTAAE",
+    "UMAPAE",
+    "MNISTDataModule",
+    "ImageFolderDataModule",
+]
 __version__ = "0.1.0"
 
-_HOMES = {name: "aelight.models" for name in __all__} | {"MNISTDataModule": "aelight.data"}
+_HOMES = {name: "aelight.models" for name in __all__} | dict.fromkeys(
+    ("MNISTDataModule", "ImageFolderDataModule"), "aelight.data"
+)
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@
 import contextlib
 import errno
 import glob
+import importlib
 import io
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import warnings
 from typing import Optional
 
+from jsonargparse import dict_to_namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -27,7 +29,7 @@ from aelight.callbacks import FiniteLossGuard, PredictionWriter, ReconstructionI
 from aelight.callbacks.progress import OptimizerStepProgressBar
 from aelight.checkpoints import trust
 from aelight.checkpoints.io import SafeCheckpointIO, check_weights_fit, model_arguments, weight_shapes
-from aelight.data import MNISTDataModule
+from aelight.data.base import ImageDataModule
 from aelight.errors import AelightError, exit_saying, exit_with_error, user_message
 from aelight.models import AE
 from aelight.runtime import PRUNED_EXIT, is_higher_rank
@@ -35,6 +37,7 @@ from aelight.training.engine import TrainingEngine
 from aelight.training.loggers import TensorBoardRun
 
 CKPT_ALIASES = ("best", "last")
+IMAGE_NETWORKS = ("model.init_args.encoder.init_args.image_shape", "model.init_args.decoder.init_args.image_shape")
 TENSORBOARD = "aelight.training.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
@@ -98,11 +101,44 @@ PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes
                 "Expected a <class 'NoneType'>", "Given value type:", "Given value:")  # fmt: skip
 
 
+# jsonargparse's words for a key inside a class given by class_path (data, model): one key path instead
+NESTED_KEY = re.compile(r"""Parser key "([\w.]+)":\s*Problem with given class_path '[\w.]+':\s*Parser key "([\w.]+)""")
+
+
 def parser_reason(message: str) -> str:
     """A parser error in one line: its first line and the lines that say what is wrong."""
     first, *rest = [line for line in message.splitlines() if line.strip()] or [""]
     detail = [line.strip(" -") for line in rest]
-    return " ".join([first, *(line for line in detail if line and not line.startswith(PARSER_NOISE))])[:500]
+    reason = " ".join([first, *(line for line in detail if line and not line.startswith(PARSER_NOISE))])
+    while NESTED_KEY.search(reason):
+        reason = NESTED_KEY.sub(r'Parser key "\1.\2', reason)
+    return reason[:500]
+
+
+def image_shape_of(data: ImageDataModule) -> list[int]:
+    """The shape of the images a data module serves, for the networks (a link's value)."""
+    return list(data.image_shape)
+
+
+def name_default_networks(model) -> None:
+    """A model config that names no encoder or decoder gets its class's default networks written
+    in (``default_networks``), so that the data's image shape, a link, reaches them too."""
+    init = model.get("init_args")
+    if init is None or (init.get("encoder") is not None and init.get("decoder") is not None):
+        return
+    module, _, name = model.class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name, None)
+    if not hasattr(model_class, "default_networks"):
+        return
+
+    def with_image_shape(network: dict):  # the key a link writes to must be there to be written
+        return dict_to_namespace({**network, "init_args": {"image_shape": None, **network.get("init_args", {})}})
+
+    if init.get("encoder") is None:
+        init.encoder = with_image_shape(model_class.default_networks()["encoder"])
+    if init.get("decoder") is None:
+        out_features = init.encoder.get("init_args", {}).get("out_features")
+        init.decoder = with_image_shape(model_class.default_networks(out_features)["decoder"])
 
 
 class AELightCLI(LightningCLI):
@@ -142,7 +178,13 @@ class AELightCLI(LightningCLI):
         # steps_per_batch, handed to the data module, which serves that many batches at once.
         parser.add_lightning_class_args(TrainingEngine, "engine")
         parser.set_defaults({"engine.steps_per_batch": 8})
-        parser.link_arguments("engine.steps_per_batch", "data.steps_per_batch")
+        parser.link_arguments("engine.steps_per_batch", "data.init_args.steps_per_batch")
+        # The data says what its images are (channels, height, width); every network reads or
+        # writes that shape, handed on here, never typed in a config.
+        for network in IMAGE_NETWORKS:
+            parser.link_arguments("data", network, compute_fn=image_shape_of, apply_on="instantiate")
+        # MNIST unless the config or command line names another data module (--data CLASS).
+        parser.set_defaults({"data": {"class_path": "aelight.data.MNISTDataModule"}})
         # The model every experiment config starts from: the reference AE trained with Adam, lr 1e-3,
         # fused (one kernel for the whole update, on CPU and CUDA). A config that names another
         # model class keeps this optimizer unless it sets its own.
@@ -196,6 +238,7 @@ class AELightCLI(LightningCLI):
         # Every command that writes checks its output folder before any work, and a new run claims
         # its own version folder atomically, so runs started at the same moment never share one.
         subcommand, cfg = self._subcommand_config()
+        name_default_networks(cfg.model)
         logger = cfg.trainer.logger
         if not _is_tensorboard(logger):
             safe_files.check_writable(cfg.trainer.default_root_dir or ".", WRITABLE_HINT)
@@ -358,13 +401,32 @@ def _run_version(run_root: str) -> int:
 
 
 class _Parsed(Exception):
-    """Raised by ``_ParseOnlyCLI`` once the arguments have parsed."""
+    """Raised by ``_ParseOnlyCLI`` once the arguments have parsed, with their config."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
 
 
 class _ParseOnlyCLI(AELightCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        raise _Parsed
+        raise _Parsed(self.config)
+
+
+def data_config(args: list[str]) -> Optional[dict]:
+    """The data module that ``args`` (``aelight fit``'s options) name, as ``{"class_path": ...,
+    "init_args": {...}}``, or None when they do not parse (building the run then says why).
+    Nothing is instantiated."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            build_cli(args, run=False, cli_class=_ParseOnlyCLI)
+    except _Parsed as parsed:
+        return parsed.config.data.as_dict()
+    except SystemExit:
+        return None
+    return None
 
 
 def argument_problem(args: list[str]) -> Optional[str]:
@@ -386,7 +448,8 @@ def build_cli(args: Optional[list] = None, run: bool = True, cli_class: type = A
     return cli_class(
         model_class=AE,
         subclass_mode_model=True,
-        datamodule_class=MNISTDataModule,
+        datamodule_class=ImageDataModule,
+        subclass_mode_data=True,
         seed_everything_default=42,
         auto_configure_optimizers=False,
         save_config_callback=RunConfigSaver,

@@ -335,8 +335,8 @@ def test_an_application_serves_a_checkpoint_s_model_deskewed_pixels_when_its_run
     assert checkpoint["datamodule_hyper_parameters"].get("deskew") is False
     checkpoint["datamodule_hyper_parameters"]["deskew"] = True
     torch.save(checkpoint, tmp_path / "deskewed.ckpt")
-    plain = common.data(str(tiny_data), val_size=100, **common.load_run(trained["ae"], "cpu")[1])
-    skewless = common.data(str(tiny_data), val_size=100, **common.load_run(str(tmp_path / "deskewed.ckpt"), "cpu")[1])
+    plain = common.run_data(common.load_run(trained["ae"], "cpu")[1], str(tiny_data), val_size=100)
+    skewless = common.run_data(common.load_run(str(tmp_path / "deskewed.ckpt"), "cpu")[1], str(tiny_data), val_size=100)
     assert not plain.deskew and skewless.deskew
     assert not torch.equal(plain.split_tensors("test")[0], skewless.split_tensors("test")[0])
 

@@ -14,8 +14,8 @@ from aelight.models import VAE
 def tiny_vae(latent: int = 1, **kw) -> VAE:
     torch.manual_seed(0)
     return VAE(
-        MLPEncoder(2 * latent, [16], input_shape=(1, 4, 4), final_activation=None, activation="tanh"),
-        MLPDecoder(latent, [16], output_shape=(1, 4, 4), activation="tanh"),
+        MLPEncoder(2 * latent, [16], image_shape=(1, 4, 4), final_activation=None, activation="tanh"),
+        MLPDecoder(latent, [16], image_shape=(1, 4, 4), activation="tanh"),
         **kw,
     ).eval()
 

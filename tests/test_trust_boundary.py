@@ -187,9 +187,9 @@ def test_the_allow_list_is_data_that_names_every_class_aelight_exports_and_nothi
 
     from aelight import components, models
     from aelight.checkpoints import trust
-    from aelight.data import MNISTDataModule
+    from aelight.data import ImageFolderDataModule, MNISTDataModule
 
-    exported = [getattr(models, n) for n in models.__all__] + [MNISTDataModule]
+    exported = [getattr(models, n) for n in models.__all__] + [MNISTDataModule, ImageFolderDataModule]
     exported += [c for c in (getattr(components, n) for n in components.__all__) if isinstance(c, type)]
     for cls in exported:  # under the defining module's name and the package's
         assert trust.allowed_class(f"{cls.__module__}.{cls.__name__}") is cls, cls

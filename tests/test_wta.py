@@ -27,7 +27,7 @@ def test_lifetime_winners_keep_each_map_in_its_top_fraction_of_the_batch():
 @pytest.mark.parametrize("activation,channels", [("relu", 1), ("tanh", 2), (None, 1)])
 def test_the_encoders_peaks_have_the_values_and_gradients_of_the_dense_maps_maximum(activation, channels):
     torch.manual_seed(0)
-    encoder = ConvMapEncoder(16, kernel_size=5, activation=activation, in_channels=channels)
+    encoder = ConvMapEncoder(16, kernel_size=5, activation=activation, image_shape=(channels, 12, 12))
     x = torch.rand(8, channels, 12, 12)
     weights = torch.randn(8, 16)
     values, positions = encoder.peaks(x)  # found without autograd, recomputed from the peaks' patches
@@ -45,7 +45,7 @@ def test_the_encoders_peaks_have_the_values_and_gradients_of_the_dense_maps_maxi
 @pytest.mark.parametrize("kernel,channels", [(11, 1), (5, 3)])
 def test_painting_the_winners_is_the_transposed_convolution_of_the_sparse_maps(kernel, channels):
     torch.manual_seed(0)
-    decoder = ConvMapDecoder(16, kernel_size=kernel, out_channels=channels)
+    decoder = ConvMapDecoder(16, kernel_size=kernel, image_shape=(channels, 28, 28))
     values = torch.rand(6, 16) * (torch.rand(6, 16) < 0.3)  # most maps silent
     values.requires_grad_(True)
     positions = torch.randint(0, 28 * 28, (6, 16))  # corners and edges included, as the strokes are cut there

@@ -10,10 +10,16 @@ training image of the digit, in raw pixels, the reference point of what learning
 
     aelight anomaly --config configs/anomaly/restoration.yaml --data.data_dir data/ [any aelight fit option]
     aelight anomaly --baseline pixel_nn --data.data_dir data/
+
+A config or option naming ``aelight.data.ImageFolderDataModule`` runs the folder protocol instead
+(``aelight.apps.folder_anomaly``): one run on ``train/good/``, every image of ``test/`` scored.
+
+    aelight anomaly --config configs/folder_anomaly.yaml --data.root DIR
 """
 
 import argparse
 import csv
+import importlib
 import io
 import time
 import warnings
@@ -22,8 +28,10 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
 
 from aelight import safe_files
-from aelight.apps import common
-from aelight.cli import build_cli
+from aelight.apps import common, folder_anomaly
+from aelight.apps.scorers import PixelNearestNeighbour, percentile, score_name
+from aelight.cli import build_cli, data_config
+from aelight.data.folder import ImageFolderDataModule
 
 BASELINES = ("pixel_nn",)
 SCORES_HEADER = ("index", "label", "score", "anomalous")
@@ -46,17 +54,6 @@ def one_class_cli(args, digit: int, *options: str):
             ],
             run=False,
         )
-
-
-class PixelNearestNeighbour:
-    """The baseline without learning: an image's score is its Euclidean distance to the nearest of
-    the normal training images, in raw pixels."""
-
-    def fit_scorer(self, normal: torch.Tensor, held_out: torch.Tensor) -> None:
-        self.normal = normal.flatten(1).float()
-
-    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x.flatten(1).float(), self.normal).amin(1)
 
 
 def pixel_baseline(args, digit: int):
@@ -107,26 +104,34 @@ def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tup
     return result, scores.cpu(), anomalous.cpu()
 
 
-def percentile(text: str) -> float:
-    """argparse type: a number from 0 to 100."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
-    return value
+def folder_data(fit_options: list[str]):
+    """The image folder data module (not set up) that ``aelight fit`` with these options would read,
+    or None when they name another data module."""
+    config = data_config(fit_options)
+    if not config:
+        return None
+    module, _, name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ImageFolderDataModule)):
+        return None
+    return cls(**config.get("init_args", {}))
 
 
 def run(args) -> dict:
+    if not args.config and not args.baseline:
+        raise common.AelightError(
+            "aelight anomaly needs --config (the model to train, e.g. configs/anomaly/restoration.yaml, or "
+            "configs/folder_anomaly.yaml for a folder of images) or --baseline pixel_nn"
+        )
+    fit_options = [*[f"--config={c}" for c in args.config or []], *args.override]
+    probe = folder_data(fit_options)
+    if probe is not None:
+        folder_anomaly.checked_layout(probe)  # before a run folder is made
+        return folder_anomaly.run(args)
+    args.digits = list(range(10)) if args.digits is None else args.digits
     bad_digits = [d for d in args.digits if d not in range(10)]
     if bad_digits:
         raise common.AelightError(f"--digits: {bad_digits} are not digits from 0 to 9")
-    if not args.config and not args.baseline:
-        raise common.AelightError(
-            "aelight anomaly needs --config (the model to train per digit, e.g. configs/anomaly/restoration.yaml) "
-            "or --baseline pixel_nn"
-        )
     report = {
         "config": args.config,
         "options": args.override,
@@ -156,19 +161,6 @@ def run(args) -> dict:
     safe_files.write_text(args.report_folder / "scores.csv", scores_csv(rows), what="scores")
     common.write_report(args.report_folder, report, figures(report, histograms))
     return report
-
-
-def score_name(model) -> str:
-    if isinstance(model, PixelNearestNeighbour):
-        return "distance to the nearest normal training image (raw pixels)"
-    if hasattr(model, "sample"):
-        return "-ELBO (nats)"
-    if getattr(model, "error_and_codes", None) is None:
-        return "reconstruction MSE"
-    error = "relative restoration error" if model.score == "relative" else "restoration MSE"
-    if model.neighbours:
-        return f"{error} + distance to the {model.neighbours} nearest normal codes (logs scaled on validation)"
-    return f"{error}, mean over views"
 
 
 def scores_csv(rows: list) -> str:
@@ -220,11 +212,15 @@ def parser() -> argparse.ArgumentParser:
         "images only (an ordinary `aelight fit` run, logged as anomaly_digit<d>), scores the 10,000 test\n"
         "images by reconstruction error (-ELBO for a VAE; any other digit is an anomaly) and reports the\n"
         "AUROC per digit and their mean. Any other option is an `aelight fit` option applied to every\n"
-        "digit's run, e.g. --data.data_dir data/ --trainer.max_epochs 20 --model.init_args.lr 3e-4.",
+        "digit's run, e.g. --data.data_dir data/ --trainer.max_epochs 20 --model.init_args.lr 3e-4.\n"
+        "With a folder of images (--config configs/folder_anomaly.yaml --data.root DIR: train/good/,\n"
+        "test/good/, test/<defect>/), one run trains on train/good/, the threshold comes from held-out\n"
+        "good images and every image of test/ is scored.",
         "one run folder per digit (<save_dir>/anomaly_digit<d>/version_N/, TensorBoard logs and\n"
         "checkpoints), and report.json (AUROC, threshold, precision, recall, F1 per digit; mean AUROC),\n"
         "scores.csv (index,label,score,anomalous: each test image's score and decision at the threshold;\n"
-        "with several digits a last column normal_digit) and score_histograms.png into\n"
+        "with several digits a last column normal_digit; for a folder path,label,score,anomalous and\n"
+        "report.json per defect type too) and score_histograms.png into\n"
         "lightning_logs/apps/anomaly/ (or --out DIR).",
         checkpoint=False,
         data=False,
@@ -237,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
         help="score without learning instead: pixel_nn, the distance to the nearest normal training image",
     )
     parser.add_argument(
-        "--digits", type=int, nargs="+", default=list(range(10)), help="the normal classes, one run each"
+        "--digits", type=int, nargs="+", default=None, help="MNIST's normal classes, one run each (default: 0 to 9)"
     )
     parser.add_argument(
         "--percentile", type=percentile, default=95.0, help="threshold: this percentile (0-100) of normal scores"

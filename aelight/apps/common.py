@@ -15,7 +15,8 @@ from torch import Tensor
 from aelight import run_result, safe_files
 from aelight.checkpoints import trust
 from aelight.checkpoints.io import check_weights_fit, model_arguments, weight_shapes
-from aelight.data import MNISTDataModule
+from aelight.data import ImageFolderDataModule, MNISTDataModule
+from aelight.data.base import ImageDataModule
 from aelight.data.pixels import to_float_images
 from aelight.errors import AelightError, exit_with_error, user_message  # noqa: F401 - AelightError re-exported for the commands
 from aelight.models import AE
@@ -41,6 +42,10 @@ def application_parser(
         parser.add_argument(
             "--data.val_size", dest="val_size", type=int, default=5000, help="validation split of the training set"
         )
+        parser.add_argument(
+            "--data.root", dest="root", default=None,
+            help="for a run on a folder of images: read them from here (default: the folder it trained on)",
+        )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     default = f"<run>/apps/{name}/, beside the checkpoint's folder" if checkpoint else f"lightning_logs/apps/{name}/"
     parser.add_argument("--out", default=None, help=f"report folder (default: {default})")
@@ -162,6 +167,9 @@ def checkpoint_model_class(checkpoint: dict, path) -> type:
 # Data settings that change the pixels a model learnt from: an application gives a checkpoint's
 # model its images as its training run did, as that run's data config (saved in the file) says.
 PIXEL_SETTINGS = ("deskew",)
+# What an image folder's run read, and how: an application reads the same images the same way.
+FOLDER_SETTINGS = ("root", "channels", "resize", "center_crop", "val_fraction", "test_fraction", "split_seed",
+                   "cache_dir", "cache")  # fmt: skip
 
 
 def run_data_settings(checkpoint: dict, names: tuple[str, ...] = PIXEL_SETTINGS) -> dict:
@@ -171,10 +179,30 @@ def run_data_settings(checkpoint: dict, names: tuple[str, ...] = PIXEL_SETTINGS)
 
 
 def load_run(ckpt: str, device: str) -> tuple[AE, dict]:
-    """A checkpoint's model (``load_model``) and the data settings its pixels need
-    (``PIXEL_SETTINGS``, for ``data``), from one read of the file."""
+    """A checkpoint's model (``load_model``) and its run's data settings (for ``run_data``), from
+    one read of the file."""
     checkpoint = trust.load_checkpoint(ckpt)
-    return load_model(ckpt, device, checkpoint), run_data_settings(checkpoint)
+    return load_model(ckpt, device, checkpoint), dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+def is_folder_run(trained: dict) -> bool:
+    """Whether a run's data settings (``load_run``) are those of an image folder."""
+    return "root" in trained
+
+
+def run_data(trained: dict, data_dir: str, root: Optional[str] = None, **mnist) -> ImageDataModule:
+    """The data of a checkpoint's run (``trained``: its data settings, from ``load_run``), set up:
+    its image folder read as the run read it (from ``root`` if given, else where it trained), or
+    MNIST from ``data_dir`` with the run's pixel settings and the options ``mnist``."""
+    if not is_folder_run(trained):
+        return data(data_dir, **{k: trained[k] for k in PIXEL_SETTINGS if k in trained}, **mnist)
+    settings = {k: trained[k] for k in FOLDER_SETTINGS if k in trained}
+    if root:
+        settings["root"] = root
+    dm = ImageFolderDataModule(**settings)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 
 def data(data_dir: str, **kw) -> MNISTDataModule:
@@ -184,14 +212,14 @@ def data(data_dir: str, **kw) -> MNISTDataModule:
     return dm
 
 
-def images_and_labels(dm: MNISTDataModule, split: str, device: str) -> tuple[Tensor, Tensor]:
-    """A split as float images in [0, 1] (N, 1, 28, 28) and labels, on ``device``."""
+def images_and_labels(dm: ImageDataModule, split: str, device: str) -> tuple[Tensor, Tensor]:
+    """A split as float images in [0, 1] (N, C, H, W) and labels, on ``device``."""
     images, labels = dm.split_tensors(split)
     return to_float_images(images.to(device)), labels.to(device)
 
 
-def full_training_set(dm: MNISTDataModule, device: str) -> tuple[Tensor, Tensor]:
-    """All 60,000 official training images (train + validation splits)."""
+def full_training_set(dm: ImageDataModule, device: str) -> tuple[Tensor, Tensor]:
+    """Every training image: the train and validation splits (MNIST's 60,000)."""
     xs, ys = zip(*(images_and_labels(dm, s, device) for s in ("train", "val")))
     return torch.cat(xs), torch.cat(ys)
 

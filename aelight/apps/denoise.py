@@ -55,8 +55,8 @@ def scores(pred: Tensor, target: Tensor) -> dict:
 
 
 def evaluate(args) -> dict:
-    model, pixels = common.load_run(args.ckpt_path, args.device)
-    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
+    model, trained = common.load_run(args.ckpt_path, args.device)
+    dm = common.run_data(trained, args.data_dir, args.root, val_size=args.val_size)
     val, _ = common.images_and_labels(dm, "val", args.device)
     test, _ = common.images_and_labels(dm, "test", args.device)
     filters = classical_filters()
@@ -94,7 +94,8 @@ def figures(report: dict, examples: dict) -> dict:
         ):
             for col in range(len(clean)):
                 ax = axes[row, col]
-                ax.imshow(imgs[col, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+                image = imgs[col].clamp(0, 1).permute(1, 2, 0).cpu()  # (H, W, C)
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([]), ax.set_yticks([])
             axes[row, 0].set_ylabel(title, fontsize=7)
         r = report[name]

@@ -62,15 +62,24 @@ def manifold(model, size: int = 20) -> Tensor:
 
 
 def run(args) -> dict:
-    model, pixels = common.load_run(args.ckpt_path, args.device)
+    model, trained = common.load_run(args.ckpt_path, args.device)
     if not callable(getattr(model, "sample", None)):
         raise common.AelightError(
             f"{args.ckpt_path} holds a {type(model).__name__}, not a generative model (use a VAE)"
         )
     baseline = common.load_model(args.baseline_ckpt_path, args.device) if args.baseline_ckpt_path else None
-    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
+    dm = common.run_data(trained, args.data_dir, args.root, val_size=args.val_size)
     test_x, _ = common.images_and_labels(dm, "test", args.device)
     train_x, _ = common.full_training_set(dm, args.device)
+    baseline_samples = None
+    if common.is_folder_run(trained):  # the MNIST digit judge does not apply: samples and figures only
+        torch.manual_seed(0)
+        report = {"checkpoint": args.ckpt_path, "judge": None, "root": dm.root}
+        vae_samples = torch.cat([model.sample(min(1000, args.samples - i)) for i in range(0, args.samples, 1000)])
+        report["vae"] = {"samples": len(vae_samples), "mean_pixel": vae_samples.float().mean().item()}
+        if baseline is not None:
+            baseline_samples = gaussian_code_sampler(baseline, train_x)(min(64, args.samples))
+        return finish(args, model, report, vae_samples[:64], baseline_samples, test_x)
     classifier, accuracy = trained_classifier(
         args.classifier, args.data_dir, args.device, args.classifier_epochs, args.val_size
     )
@@ -79,19 +88,25 @@ def run(args) -> dict:
     report["vae"], vae_samples = quality(model.sample, args.samples, classifier, test_x, args.device)
     test_quality, _ = quality(lambda n: test_x[:n], len(test_x), classifier, test_x, args.device)
     report["test_images_reference"] = {k: v for k, v in test_quality.items() if k != "frechet_distance"}
-    baseline_samples = None
     if baseline is not None:
         sampler = gaussian_code_sampler(baseline, train_x)
         report["ae_gaussian_codes"], baseline_samples = quality(sampler, args.samples, classifier, test_x, args.device)
         report["baseline_checkpoint"] = args.baseline_ckpt_path
+    return finish(args, model, report, vae_samples, baseline_samples, test_x)
+
+
+def finish(args, model, report: dict, vae_samples: Tensor, baseline_samples, test_x: Tensor) -> dict:
+    """The figures (samples, interpolations between test images, the 2-D manifold) and the report."""
     report["samples"] = args.samples
     report["device"] = common.device_name(args.device)
     folder = args.report_folder
     figs = {"vae_samples": grid_figure(vae_samples, "VAE prior samples")}
     if baseline_samples is not None:
         figs["ae_gaussian_code_samples"] = grid_figure(baseline_samples, "AE decoder, Gaussian-fitted codes")
-    pairs = [(test_x[i], test_x[j]) for i, j in ((0, 1), (2, 3), (4, 5), (6, 7))]
-    figs["interpolation"] = grid_figure(torch.cat([interpolation(model, a, b) for a, b in pairs]), "interpolations", 10)
+    pairs = [(test_x[i], test_x[j]) for i, j in ((0, 1), (2, 3), (4, 5), (6, 7)) if j < len(test_x)]
+    if pairs:
+        interpolations = torch.cat([interpolation(model, a, b) for a, b in pairs])
+        figs["interpolation"] = grid_figure(interpolations, "interpolations", 10)
     if model.latent_dim == 2:
         figs["manifold"] = grid_figure(manifold(model), "2-D latent manifold", 20)
     common.write_report(folder, report, figs)
@@ -105,7 +120,7 @@ def grid_figure(images: Tensor, title: str, ncol: int = 8):
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    grid = make_grid(images.float().reshape(-1, 1, 28, 28).cpu(), nrow=ncol, pad_value=1.0)
+    grid = make_grid(images.float().reshape(-1, *images.shape[-3:]).cpu(), nrow=ncol, pad_value=1.0)
     rows = math.ceil(len(images) / ncol)
     fig, ax = plt.subplots(figsize=(ncol * 0.6, rows * 0.6 + 0.4))
     ax.imshow(grid.permute(1, 2, 0), cmap="gray")

@@ -12,10 +12,14 @@ from aelight.apps import common
 
 
 def run(args) -> dict:
-    model, pixels = common.load_run(args.ckpt_path, args.device)
+    model, trained = common.load_run(args.ckpt_path, args.device)
     if not hasattr(model, "log_likelihood"):
         raise common.AelightError(f"{args.ckpt_path} holds a {type(model).__name__}, not a VAE")
-    dm = common.data(args.data_dir, val_size=args.val_size, binarize=True, **pixels)
+    if common.is_folder_run(trained):
+        raise common.AelightError(
+            f"{args.ckpt_path}: aelight nll measures binarized MNIST's test set; this run read a folder of images"
+        )
+    dm = common.run_data(trained, args.data_dir, val_size=args.val_size, binarize=True)
     x, _ = common.images_and_labels(dm, "test", args.device)
     x = x[: args.limit] if args.limit else x
     torch.manual_seed(0)

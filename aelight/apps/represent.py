@@ -34,11 +34,12 @@ class Codes(NamedTuple):
     test_labels: np.ndarray
     test_images: torch.Tensor
     val_count: int
+    class_names: list[str]
 
 
 def codes(args) -> Codes:
-    model, pixels = common.load_run(args.ckpt_path, args.device)
-    dm = common.data(args.data_dir, val_size=args.val_size, **pixels)
+    model, trained = common.load_run(args.ckpt_path, args.device)
+    dm = common.run_data(trained, args.data_dir, args.root, val_size=args.val_size)
     train_x, train_y = common.full_training_set(dm, args.device)
     test_x, test_y = common.images_and_labels(dm, "test", args.device)
     return Codes(
@@ -49,6 +50,7 @@ def codes(args) -> Codes:
         test_y.cpu().numpy(),
         test_x,
         len(dm.split_tensors("val")[1]),
+        dm.class_names,
     )
 
 
@@ -86,7 +88,7 @@ def chosen_C(
 
 
 def run_reduce(args) -> dict:
-    model, train_c, train_y, test_c, test_y, test_x, val_count = codes(args)
+    model, train_c, train_y, test_c, test_y, test_x, val_count, _ = codes(args)
     report = {
         "checkpoint": args.ckpt_path,
         "model": type(model).__name__,
@@ -118,8 +120,8 @@ def scatter(codes_2d: np.ndarray, labels: np.ndarray, accuracy: float):
 
     fig, ax = plt.subplots(figsize=(6, 5.5))
     points = ax.scatter(codes_2d[:, 0], codes_2d[:, 1], c=labels, cmap="tab10", s=2, alpha=0.7)
-    fig.colorbar(points, ax=ax, ticks=range(10))
-    ax.set_title(f"test codes by digit (5-NN accuracy {accuracy:.1%})")
+    fig.colorbar(points, ax=ax, ticks=sorted(set(labels.tolist())))
+    ax.set_title(f"test codes by label (5-NN accuracy {accuracy:.1%})")
     return fig
 
 
@@ -140,7 +142,12 @@ def projector(folder, test_codes, labels, images, errors) -> None:
 
 
 def run_features(args) -> dict:
-    model, train_c, train_y, test_c, test_y, _, val_count = codes(args)
+    model, train_c, train_y, test_c, test_y, _, val_count, names = codes(args)
+    if len(set(train_y.tolist())) < 2:
+        raise common.AelightError(
+            f"{args.ckpt_path}: its run's images have one class ({names[0]}); aelight features fits a classifier "
+            "of the codes, which needs images of two classes or more (class folders)"
+        )
     start = time.perf_counter()
     C, validation = args.C[0], {}
     if len(args.C) > 1:
@@ -157,7 +164,7 @@ def run_features(args) -> dict:
         "fit_seconds": time.perf_counter() - start,
         "device": common.device_name(args.device),
     }
-    figures = {"confusion": confusion(test_y, predicted, accuracy)}
+    figures = {"confusion": confusion(test_y, predicted, accuracy, names)}
     common.write_report(args.report_folder, report, figures)
     return report
 
@@ -169,14 +176,14 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int = 1
     return confusion_matrix(labels, predicted, labels=range(classes))
 
 
-def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):
+def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float, names: list[str]):
     """The test confusion matrix, errors only (the diagonal is blanked so that the few errors show)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = confusion_counts(labels, predicted)
+    counts = confusion_counts(labels, predicted, len(names))
     errors = counts.astype(float)
     np.fill_diagonal(errors, np.nan)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -184,7 +191,10 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float):
     for (i, j), n in np.ndenumerate(counts):
         if i != j and n:
             ax.text(j, i, str(n), ha="center", va="center", fontsize=7)
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit")
+    ticks = range(len(names))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted class", ylabel="true class")
+    ax.set_xticklabels(names, fontsize=6, rotation=90)
+    ax.set_yticklabels(names, fontsize=6)
     ax.set_title(f"test errors of the linear classifier ({accuracy:.2%} correct)")
     return fig
 

@@ -25,6 +25,11 @@ class CheckpointError(AelightError):
 # Speed settings that were model hyperparameters before the training engine had its own config
 # key: old checkpoints still carry them, and loading drops them.
 LEGACY_MODEL_KEYS = ("steps_per_batch", "compile_step", "cuda_graph", "compile_networks")
+# The networks' names for the image they read or write before every network took ``image_shape``
+# (linked from the data): old checkpoints, all of 28x28 images, still carry them.
+LEGACY_SHAPE_KEYS = ("input_shape", "output_shape")
+LEGACY_CHANNEL_KEYS = ("in_channels", "out_channels")
+LEGACY_IMAGE_SIZE = (28, 28)
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
@@ -94,8 +99,23 @@ def weight_shapes(state_dict: dict) -> dict[str, tuple]:
 
 def model_arguments(hparams: Optional[dict]) -> dict:
     """A checkpoint's model hyperparameters as this version's model takes them: without the legacy
-    speed settings and Lightning's ``_instantiator`` entry."""
-    return {k: v for k, v in (hparams or {}).items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
+    speed settings and Lightning's ``_instantiator`` entry, its networks' image arguments renamed."""
+    model = {k: v for k, v in (hparams or {}).items() if k not in LEGACY_MODEL_KEYS and k != "_instantiator"}
+    return {k: _network_arguments(v) if k in ("encoder", "decoder") else v for k, v in model.items()}
+
+
+def _network_arguments(network):
+    """A network's config (class path and init_args) with a legacy image argument as ``image_shape``."""
+    if not isinstance(network, dict) or not isinstance(network.get("init_args"), dict):
+        return network
+    args = dict(network["init_args"])
+    for key in LEGACY_SHAPE_KEYS:
+        if key in args:
+            args.setdefault("image_shape", args.pop(key))
+    for key in LEGACY_CHANNEL_KEYS:
+        if key in args:
+            args.setdefault("image_shape", [args.pop(key), *LEGACY_IMAGE_SIZE])
+    return {**network, "init_args": args}
 
 
 def check_weights_fit(

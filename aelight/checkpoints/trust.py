@@ -61,6 +61,7 @@ AELIGHT_CLASSES = {
     "aelight.components.conv": ("ConvEncoder", "ConvDecoder", "ConvMapEncoder", "ConvMapDecoder"),
     "aelight.components.deskew": ("Deskewed",),
     "aelight.data.mnist": ("MNISTDataModule",),
+    "aelight.data.folder": ("ImageFolderDataModule",),
 }
 EXPORTED_BY = {"aelight.models": ("aelight.models", "aelight"), "aelight.components": ("aelight.components",),
                "aelight.data": ("aelight.data", "aelight")}  # fmt: skip

@@ -1,4 +1,5 @@
-"""A small convolutional encoder/decoder for 28x28 single-channel images."""
+"""Convolutional encoders and decoders: stride-2 stages to a code vector and back, and the
+full-resolution feature maps of the winner-take-all autoencoder."""
 
 from collections.abc import Sequence
 from typing import Optional
@@ -9,43 +10,61 @@ from torch import Tensor, nn
 
 from aelight.components.mlp import activation as make_activation
 from aelight.components.mlp import check_sizes, logit
+from aelight.errors import ConfigError
 
 # activations that never decrease: a map's largest value is the activation of its largest input
 NON_DECREASING = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Identity)
 
 
+def downsampled_size(owner: str, image_shape: Sequence[int], stages: int) -> tuple[int, int]:
+    """Height and width after ``stages`` stride-2 convolutions; each must halve evenly."""
+    check_sizes(owner, image_shape=list(image_shape))
+    if len(image_shape) != 3:
+        raise ConfigError(f"{owner}: image_shape must be [channels, height, width], got {list(image_shape)}")
+    _, height, width = image_shape
+    step = 2**stages
+    if height % step or width % step:
+        raise ConfigError(
+            f"{owner}: its {stages} stride-2 stages need a height and width divisible by "
+            f"{step}, but the images are {height}x{width}; set the data's resize or center_crop to a multiple of {step}"
+        )
+    return height // step, width // step
+
+
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7), then a Linear layer to ``out_features``.
+    """Stride-2 convolutions, one stage per entry of ``channels`` (28 -> 14 -> 7 with two), then a
+    Linear layer to ``out_features``.
 
     ``depth``: convolutions per resolution; above 1, 3x3 stride-1 convolutions come before each
-    stride-2 one (more capacity at the same code size, for restoration tasks)."""
+    stride-2 one (more capacity at the same code size, for restoration tasks). ``image_shape``
+    (channels, height, width): the images it reads, linked from the data by the CLI; height and
+    width must divide by 2 to the number of stages."""
 
     def __init__(
         self,
         out_features: int = 32,
-        channels: tuple[int, int] = (32, 64),
-        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64),
+        image_shape: Sequence[int] = (1, 28, 28),
         activation: str = "relu",
         final_activation: Optional[str] = None,
         depth: int = 1,
     ):
         super().__init__()
-        check_sizes(
-            "ConvEncoder", out_features=out_features, channels=list(channels), in_channels=in_channels, depth=depth
-        )
-        self.out_features = out_features
+        check_sizes("ConvEncoder", out_features=out_features, channels=list(channels), depth=depth)
+        height, width = downsampled_size("ConvEncoder", image_shape, len(channels))
+        self.out_features, self.image_shape = out_features, tuple(image_shape)
         layers: list[nn.Module] = []
-        fan_in = in_channels
-        for width in channels:
+        fan_in = image_shape[0]
+        for width_ in channels:
             for _ in range(depth - 1):
-                layers += [nn.Conv2d(fan_in, width, 3, padding=1), make_activation(activation)]
-                fan_in = width
-            layers += [nn.Conv2d(fan_in, width, 4, stride=2, padding=1), make_activation(activation)]
-            fan_in = width
+                layers += [nn.Conv2d(fan_in, width_, 3, padding=1), make_activation(activation)]
+                fan_in = width_
+            layers += [nn.Conv2d(fan_in, width_, 4, stride=2, padding=1), make_activation(activation)]
+            fan_in = width_
         self.net = nn.Sequential(
             *layers,
             nn.Flatten(),
-            nn.Linear(channels[-1] * 7 * 7, out_features),
+            nn.Linear(channels[-1] * height * width, out_features),
             make_activation(final_activation),
         )
 
@@ -54,8 +73,9 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: Linear to 7x7 feature maps, two transposed convolutions to 28x28
-    (``depth`` above 1: 3x3 convolutions after each, the last one giving the output).
+    """Mirror of :class:`ConvEncoder`: Linear to feature maps of ``channels[0]``, one transposed
+    convolution per entry of ``channels`` up to the image (``depth`` above 1: 3x3 convolutions after
+    each, the last one giving the output).
 
     Returns logits.
     """
@@ -63,26 +83,25 @@ class ConvDecoder(nn.Module):
     def __init__(
         self,
         in_features: int = 32,
-        channels: tuple[int, int] = (64, 32),
-        out_channels: int = 1,
+        channels: Sequence[int] = (64, 32),
+        image_shape: Sequence[int] = (1, 28, 28),
         activation: str = "relu",
         depth: int = 1,
     ):
         super().__init__()
-        check_sizes(
-            "ConvDecoder", in_features=in_features, channels=list(channels), out_channels=out_channels, depth=depth
-        )
-        c1, c2 = channels
-        self.in_features = in_features
+        check_sizes("ConvDecoder", in_features=in_features, channels=list(channels), depth=depth)
+        height, width = downsampled_size("ConvDecoder", image_shape, len(channels))
+        self.in_features, self.image_shape = in_features, tuple(image_shape)
         # each stage: a transposed convolution up ("up"), then depth - 1 3x3 ones ("same"); the last gives the image
         plan = []
-        for fan_in, width in ((c1, c2), (c2, c2)):
-            plan += [("up", fan_in, width)] + [("same", width, width)] * (depth - 1)
-        plan[-1] = (*plan[-1][:2], out_channels)
+        for i, fan_in in enumerate(channels):
+            width_ = channels[min(i + 1, len(channels) - 1)]
+            plan += [("up", fan_in, width_)] + [("same", width_, width_)] * (depth - 1)
+        plan[-1] = (*plan[-1][:2], image_shape[0])
         layers: list[nn.Module] = [
-            nn.Linear(in_features, c1 * 7 * 7),
+            nn.Linear(in_features, channels[0] * height * width),
             make_activation(activation),
-            nn.Unflatten(1, (c1, 7, 7)),
+            nn.Unflatten(1, (channels[0], height, width)),
         ]
         for i, (kind, fan_in, fan_out) in enumerate(plan):
             if kind == "up":
@@ -114,14 +133,16 @@ class ConvMapEncoder(nn.Module):
         out_features: int = 128,
         hidden_channels: Sequence[int] = (),
         kernel_size: int = 5,
-        in_channels: int = 1,
+        image_shape: Sequence[int] = (1, 28, 28),
         activation: str = "relu",
     ):
         super().__init__()
-        check_sizes("ConvMapEncoder", out_features=out_features, hidden_channels=list(hidden_channels))
-        self.out_features = out_features
+        check_sizes(
+            "ConvMapEncoder", out_features=out_features, hidden_channels=list(hidden_channels), image_shape=image_shape
+        )
+        self.out_features, self.image_shape = out_features, tuple(image_shape)
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip([in_channels, *hidden_channels], [*hidden_channels, out_features]):
+        for fan_in, fan_out in zip([image_shape[0], *hidden_channels], [*hidden_channels, out_features]):
             layers += [nn.Conv2d(fan_in, fan_out, kernel_size, padding=kernel_size // 2), make_activation(activation)]
         self.net = nn.Sequential(*layers)
 
@@ -150,11 +171,11 @@ class ConvMapDecoder(nn.Module):
     values (not logits; for :class:`aelight.models.WTAAE`): each active map unit paints one learned
     ``kernel_size`` x ``kernel_size`` stroke."""
 
-    def __init__(self, in_features: int = 128, kernel_size: int = 11, out_channels: int = 1):
+    def __init__(self, in_features: int = 128, kernel_size: int = 11, image_shape: Sequence[int] = (1, 28, 28)):
         super().__init__()
-        check_sizes("ConvMapDecoder", in_features=in_features, out_channels=out_channels)
-        self.in_features = in_features
-        self.net = nn.Sequential(nn.ConvTranspose2d(in_features, out_channels, kernel_size, padding=kernel_size // 2))
+        check_sizes("ConvMapDecoder", in_features=in_features, image_shape=image_shape)
+        self.in_features, self.image_shape = in_features, tuple(image_shape)
+        self.net = nn.Sequential(nn.ConvTranspose2d(in_features, image_shape[0], kernel_size, padding=kernel_size // 2))
 
     def forward(self, maps: Tensor) -> Tensor:
         return self.net(maps)
@@ -183,7 +204,8 @@ class ConvMapDecoder(nn.Module):
         canvas = strokes.new_zeros(channels, len(values) * canvas_h * canvas_w)
         canvas.index_add_(1, index.flatten(), strokes.permute(1, 0, 2).reshape(channels, -1))
         canvas = canvas.view(channels, len(values), canvas_h, canvas_w).permute(1, 0, 2, 3)
-        return canvas[:, :, pad : pad + height, pad : pad + width] + conv.bias.view(1, -1, 1, 1)
+        # contiguous, as the dense path's output is (several channels would otherwise leave a permuted view)
+        return (canvas[:, :, pad : pad + height, pad : pad + width] + conv.bias.view(1, -1, 1, 1)).contiguous()
 
     @torch.no_grad()
     def set_output_bias(self, mean_image: Tensor) -> None:

@@ -7,9 +7,13 @@ input at (x + alpha (y - c) + cx - c, y + cy - c), c the image's centre. Fixed, 
 the same function serves training and test images, so a model that uses it stays inductive.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from aelight.errors import ConfigError
 
 
 def deskewed(images: Tensor) -> Tensor:
@@ -45,9 +49,19 @@ class Deskewed(nn.Module):
     """A network that reads deskewed images: ``network(deskewed(x))``. It has no parameters of its
     own and passes on the network's ``out_features``, so it stands wherever an encoder does."""
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, image_shape: Sequence[int] = (1, 28, 28)):
         super().__init__()
-        self.network = network
+        if image_shape[0] != 1:
+            raise ConfigError(
+                f"Deskewed: deskewing reads grayscale images (one channel), got images of shape {list(image_shape)}"
+            )
+        inner = getattr(network, "image_shape", None)
+        if inner is not None and tuple(inner) != tuple(image_shape):
+            raise ConfigError(
+                f"Deskewed: its network takes images of shape {list(inner)} but the data serves {list(image_shape)}; "
+                f"set network.init_args.image_shape to {list(image_shape)}"
+            )
+        self.network, self.image_shape = network, tuple(image_shape)
         if hasattr(network, "out_features"):
             self.out_features = network.out_features
 

@@ -44,6 +44,8 @@ def mlp(sizes: Sequence[int], hidden_activation: str, final_activation: Optional
 class MLPEncoder(nn.Module):
     """Flatten the image, then Linear layers ``in -> hidden_dims... -> out_features``.
 
+    ``image_shape`` (channels, height, width): the images it reads; the CLI links it from the data.
+
     The defaults are the reference model's encoder: 784 -> 32 with a ReLU on the code.
     """
 
@@ -51,21 +53,22 @@ class MLPEncoder(nn.Module):
         self,
         out_features: int = 32,
         hidden_dims: Sequence[int] = (),
-        input_shape: Sequence[int] = (1, 28, 28),
+        image_shape: Sequence[int] = (1, 28, 28),
         activation: str = "relu",
         final_activation: Optional[str] = "relu",
     ):
         super().__init__()
-        check_sizes("MLPEncoder", out_features=out_features, hidden_dims=list(hidden_dims), input_shape=input_shape)
+        check_sizes("MLPEncoder", out_features=out_features, hidden_dims=list(hidden_dims), image_shape=image_shape)
         self.out_features = out_features
-        self.net = mlp([math.prod(input_shape), *hidden_dims, out_features], activation, final_activation)
+        self.image_shape = tuple(image_shape)
+        self.net = mlp([math.prod(image_shape), *hidden_dims, out_features], activation, final_activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(1))
 
 
 class MLPDecoder(nn.Module):
-    """Linear layers ``in_features -> hidden_dims... -> prod(output_shape)``, reshaped to the image.
+    """Linear layers ``in_features -> hidden_dims... -> prod(image_shape)``, reshaped to the image.
 
     Returns logits (no final activation); the model maps them to pixel space.
     """
@@ -74,17 +77,17 @@ class MLPDecoder(nn.Module):
         self,
         in_features: int = 32,
         hidden_dims: Sequence[int] = (),
-        output_shape: Sequence[int] = (1, 28, 28),
+        image_shape: Sequence[int] = (1, 28, 28),
         activation: str = "relu",
     ):
         super().__init__()
-        check_sizes("MLPDecoder", in_features=in_features, hidden_dims=list(hidden_dims), output_shape=output_shape)
+        check_sizes("MLPDecoder", in_features=in_features, hidden_dims=list(hidden_dims), image_shape=image_shape)
         self.in_features = in_features
-        self.output_shape = tuple(output_shape)
-        self.net = mlp([in_features, *hidden_dims, math.prod(output_shape)], activation, None)
+        self.image_shape = tuple(image_shape)
+        self.net = mlp([in_features, *hidden_dims, math.prod(image_shape)], activation, None)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(-1, *self.output_shape)
+        return self.net(z).view(-1, *self.image_shape)
 
     @torch.no_grad()
     def set_output_bias(self, mean_image: Tensor) -> None:

@@ -7,21 +7,19 @@ Files are read with torchvision's dataset classes. Pixels are in [0, 1]: the com
 import os
 from typing import Literal, Optional, Union
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
-from aelight.data.device_batches import DeviceBatches
-from aelight.data.idx import IDX_FILES, NUM_CLASSES, check_raw_folder
-from aelight.data.pixels import deskewed_uint8, to_float_images
+from aelight.data.base import ImageDataModule, Split, check_loader_settings
+from aelight.data.idx import IDX_FILES, IMAGE_SIZE, NUM_CLASSES, check_raw_folder
+from aelight.data.pixels import deskewed_uint8
 from aelight.errors import ConfigError, DataError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
-Split = Literal["train", "val", "test"]
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(ImageDataModule):
     """Seeded train/validation split of the official training set; the official test set.
 
     Args:
@@ -75,15 +73,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if dataset not in DATASETS:
             raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("steps_per_batch", steps_per_batch),
-        ):
-            if value < 1:
-                raise ConfigError(f"data.{name} must be at least 1, got {value}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}")
+        check_loader_settings(batch_size, eval_batch_size, steps_per_batch, num_workers)
         if classes is not None and (not classes or any(c not in range(NUM_CLASSES) for c in classes)):
             raise ConfigError(
                 f"data.classes must list digits from 0 to {NUM_CLASSES - 1} (the labels of {dataset}), got {classes}"
@@ -99,7 +89,14 @@ class MNISTDataModule(L.LightningDataModule):
         self.binarize, self.binarize_seed = binarize, binarize_seed
         self.deskew = deskew
         self.splits: dict[str, Union[Subset, datasets.MNIST]] = {}
-        self._resident: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, *IMAGE_SIZE)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(DATASETS[self.dataset].classes)  # torchvision's names of the dataset's labels
 
     @property
     def raw_folder(self) -> str:
@@ -174,56 +171,5 @@ class MNISTDataModule(L.LightningDataModule):
             images = draw.to(torch.uint8) * 255
         return images, labels
 
-    def mean_image(self, split: Split = "train") -> torch.Tensor:
-        """Mean of a split's images, in [0, 1], shape (1, 28, 28)."""
-        images = self.split_tensors(split)[0]
-        return (images.sum(0, dtype=torch.float64) / (255.0 * len(images))).float().unsqueeze(0)
-
-    def fixed_images(self, split: Split = "val", n: int = 16) -> torch.Tensor:
-        """The first ``n`` images of a split, float in [0, 1], shape (n, 1, 28, 28): for image grids."""
-        return to_float_images(self.split_tensors(split)[0][:n])
-
-    def _device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-
-    def _loader(self, split: Split, shuffle: bool):
-        batch_size = self.eval_batch_size
-        if split == "train":  # an engine taking several optimizer steps per Lightning batch gets them at once
-            batch_size = self.batch_size * self.steps_per_batch
-        if not self.device_resident:
-            return DataLoader(
-                self.splits[split],
-                batch_size=batch_size,
-                shuffle=shuffle,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                persistent_workers=self.num_workers > 0,
-            )
-        device = self._device()
-        key = (split, str(device))
-        if key not in self._resident:
-            images, labels = self.split_tensors(split)
-            self._resident[key] = (images.to(device), labels.to(device))
-        trainer = self.trainer
-        return DeviceBatches(
-            *self._resident[key],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=self.shuffle_seed,
-            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            binarize=self.binarize and split == "train",
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader(self.predict_split, shuffle=False)
+    def split_dataset(self, split: Split):
+        return self.splits[split]  # torchvision's dataset: ToTensor on each image

@@ -1,4 +1,4 @@
-"""Pixels as every part of aelight sees them: float in [0, 1], one channel."""
+"""Pixels as every part of aelight sees them: float in [0, 1], channels first."""
 
 import torch
 from torch import Tensor
@@ -7,8 +7,9 @@ from aelight.components.deskew import deskewed
 
 
 def to_float_images(images: Tensor) -> Tensor:
-    """uint8 images (N, H, W) to float in [0, 1] of shape (N, 1, H, W), on their own device."""
-    return images.unsqueeze(1).float().div_(255.0)
+    """uint8 images (N, H, W), one channel, or (N, C, H, W) to float in [0, 1] of shape
+    (N, C, H, W), on their own device."""
+    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255.0)
 
 
 def deskewed_uint8(images: Tensor, chunk: int = 10000) -> Tensor:

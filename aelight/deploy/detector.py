@@ -13,7 +13,6 @@ MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INPUT = "images"  # float32 (N, C, H, W), pixels in [0, 1]
 OUTPUTS = ("reconstruction", "score")  # (N, C, H, W) and (N,): higher is more anomalous
 SCHEMA = 1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class DetectorError(AelightError):

@@ -31,9 +31,10 @@ from torch import Tensor, nn
 
 from aelight import safe_files
 from aelight.apps import common
-from aelight.apps.anomaly import percentile, score_name
+from aelight.apps.scorers import percentile, score_name
 from aelight.checkpoints import trust
 from aelight.components.deskew import deskewed
+from aelight.data import ImageFolderDataModule
 from aelight.deploy import detector
 from aelight.deploy.detector import DetectorError
 from aelight.training.lightning_compat import jit_tracing
@@ -161,16 +162,32 @@ def check_out(out: Path) -> None:
     safe_files.check_writable(out.parent, "choose another --out")
 
 
+def run_data(checkpoint: dict, args):
+    """The data module of the checkpoint's run, serving raw pixels (a detector trained on deskewed
+    MNIST deskews them itself, inside the graph), and whether it deskews."""
+    trained = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if common.is_folder_run(trained):
+        return common.run_data(trained, args.data_dir, args.root), False
+    settings = {k: trained[k] for k in DATA_SETTINGS if k in trained}
+    deskew = bool(settings.pop("deskew", False))
+    if args.val_size is not None:
+        settings["val_size"] = args.val_size
+    return common.data(args.data_dir, **settings), deskew
+
+
+def threshold_data(dm) -> dict:
+    """Which images the threshold's normal validation images came from."""
+    if isinstance(dm, ImageFolderDataModule):
+        return {"dataset": "image folder", "root": os.path.abspath(dm.root), "normal_classes": [dm.class_names[0]]}
+    return {"dataset": dm.dataset, "normal_classes": dm.classes if dm.classes is not None else list(range(10))}
+
+
 def run(args) -> dict:
     out = Path(args.out)
     check_out(out)
     checkpoint = trust.load_checkpoint(args.ckpt_path)
-    settings = common.run_data_settings(checkpoint, DATA_SETTINGS)
     model = common.load_model(args.ckpt_path, "cpu", checkpoint)
-    deskew = bool(settings.pop("deskew", False))
-    if args.val_size is not None:
-        settings["val_size"] = args.val_size
-    dm = common.data(args.data_dir, **settings)  # raw pixels: the detector deskews them itself
+    dm, deskew = run_data(checkpoint, args)
     val = common.images_and_labels(dm, "val", "cpu")[0]  # the normal images held out of training
     model.fit_scorer(common.images_and_labels(dm, "train", "cpu")[0], val)
     graph = Detector(model, deskew).eval()
@@ -199,8 +216,9 @@ def run(args) -> dict:
                 "color": "grayscale" if channels == 1 else "rgb",
                 "dtype": "float32",
                 "pixel_scaling": "value / 255: pixels in [0, 1]",
-                "resize": None,  # images must have the input's height and width
-                "center_crop": None,
+                # how a file becomes the input (Pillow, bilinear; [height, width]), as in training
+                "resize": list(dm.resize) if getattr(dm, "resize", None) else None,
+                "center_crop": list(dm.center_crop) if getattr(dm, "center_crop", None) else None,
                 "deskew": deskew,  # applied inside the graph: give raw images
             },
             "outputs": {"reconstruction": [channels, height, width], "score": "one number per image"},
@@ -210,11 +228,10 @@ def run(args) -> dict:
                 "percentile": args.percentile,
                 "split": "validation (normal images held out of training)",
                 "images": len(val),
-                "dataset": dm.dataset,
-                "normal_classes": dm.classes if dm.classes is not None else list(range(10)),
+                **threshold_data(dm),
                 "split_seed": dm.split_seed,
             },
-            "class_names": list(dm.splits["test"].classes),  # torchvision's names of the dataset's labels
+            "class_names": dm.class_names,
             "model": {
                 "class": checkpoint.get("hyper_parameters", {}).get("_class_path", "aelight.models.AE"),
                 "checkpoint": str(Path(args.ckpt_path).resolve()),
@@ -248,6 +265,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the export folder (a previous export there is replaced)")
     parser.add_argument("--format", choices=sorted(detector.MODEL_FILES), default="onnx", help="file format")
     parser.add_argument("--data.data_dir", dest="data_dir", default="data/", help="folder holding MNIST/raw")
+    parser.add_argument(
+        "--data.root", dest="root", default=None,
+        help="for a run on a folder of images: read them from here (default: the folder it trained on)",
+    )  # fmt: skip
     parser.add_argument(
         "--data.val_size", dest="val_size", type=int, default=None,
         help="validation split of the training set (default: the checkpoint's run's)",

@@ -15,27 +15,26 @@ import sys
 from collections.abc import Iterator
 
 from aelight import safe_files
-from aelight.deploy.detector import IMAGE_SUFFIXES, INPUT, DetectorError, read_metadata
+from aelight.deploy.detector import INPUT, DetectorError, read_metadata
 from aelight.errors import exit_with_error, user_message
+from aelight.image_files import IMAGE_SUFFIXES, images_in, is_image_name, read_pixels
 
 BATCH = 256  # images run at once
 
 
 def image_files(paths: list[str]) -> list[str]:
     """The image files named by ``paths``: files as given, folders searched (sorted, hidden
-    entries skipped); a missing path, a named non-image file or a folder without images is one line."""
+    entries and other files skipped); a missing path, a named non-image file or a folder without
+    images is one line."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            inside = []
-            for root, folders, names in os.walk(path):
-                folders[:] = [f for f in folders if not f.startswith(".")]  # hidden folders are not searched
-                inside += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES) and n[0] != "."]
+            inside = images_in(path, strict=False)
             if not inside:
                 raise DetectorError(f"{path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
-            found += sorted(inside)
+            found += inside
         elif os.path.isfile(path):
-            if not path.lower().endswith(IMAGE_SUFFIXES):
+            if not is_image_name(path):
                 raise DetectorError(f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
             found.append(path)
         else:
@@ -45,36 +44,16 @@ def image_files(paths: list[str]) -> list[str]:
 
 def read_image(path: str, meta: dict):
     """One image as float32 (C, H, W) in [0, 1], as the detector's data module served them."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     channels, height, width = meta["input"]["shape"]
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DetectorError(f"{path}: not a readable image ({err})") from None
-    if image.mode == "P":  # a palette: its colours decide
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    bands = [b for b in image.getbands() if b != "A"]
-    if len(bands) != channels:
-        kind = "grayscale (1 channel)" if channels == 1 else "RGB (3 channels)"
-        raise DetectorError(f"{path}: an image of {len(bands)} channels ({image.mode}); the model takes {kind}")
-    image = image.convert("L" if channels == 1 else "RGB")
-    resize = meta["input"].get("resize")
-    if resize:
-        image = image.resize((resize[1], resize[0]), Image.BILINEAR)
-    crop = meta["input"].get("center_crop")
-    if crop:
-        left, top = (image.width - crop[1]) // 2, (image.height - crop[0]) // 2
-        image = image.crop((left, top, left + crop[1], top + crop[0]))
-    if (image.height, image.width) != (height, width):
+    pixels = read_pixels(
+        path, channels, meta["input"].get("resize"), meta["input"].get("center_crop"), strict_channels=True
+    )
+    if pixels.shape[:2] != (height, width):
         raise DetectorError(
-            f"{path}: {image.width}x{image.height} pixels; the model takes {width}x{height} "
+            f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {width}x{height} "
             "(its export resizes nothing: give images of that size)"
         )
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return pixels.transpose(2, 0, 1).astype("float32") / 255.0
 
 
 def scorer(folder: str, meta: dict):

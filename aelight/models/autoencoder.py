@@ -14,6 +14,7 @@ compiled) is the training engine's business (``aelight.training.engine``), not t
   terms and the reconstruction metrics (none here; denoising quality for the denoising AE).
 """
 
+import importlib
 import warnings
 from typing import Optional
 
@@ -27,7 +28,6 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from aelight.checkpoints import trust
 from aelight.checkpoints.io import check_weights_fit, weight_shapes
-from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
 
 EVAL_STAGES = ("val", "test")
@@ -53,6 +53,12 @@ def reconstruction_metrics(prefix: str) -> nn.ModuleDict:
 def stack_terms(terms: dict[str, Tensor]) -> Tensor:
     """The loss terms of one step as one float tensor, detached."""
     return torch.stack([v.detach() for v in terms.values()]).float()
+
+
+def build_network(config: dict) -> nn.Module:
+    """A network from its config: ``{"class_path": "aelight.components.X", "init_args": {...}}``."""
+    module, _, name = config["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**config.get("init_args", {}))
 
 
 def _is_plain(value) -> bool:
@@ -89,8 +95,10 @@ class AE(L.LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if not _is_plain(v)])
-        self.encoder = encoder if encoder is not None else MLPEncoder()
-        self.decoder = decoder if decoder is not None else MLPDecoder(in_features=self.code_size)
+        self.encoder = encoder if encoder is not None else build_network(self.default_networks()["encoder"])
+        if decoder is None:
+            decoder = build_network(self.default_networks(self.encoder.out_features)["decoder"])
+        self.decoder = decoder
         self._check_code_size()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -105,6 +113,19 @@ class AE(L.LightningModule):
         # Set by aelight.training.engine.TrainingEngine while it takes the optimizer steps (several per batch,
         # graphed or compiled); None: Lightning's automatic optimization.
         self.training_engine = None
+
+    @classmethod
+    def default_networks(cls, encoder_out_features: Optional[int] = None) -> dict[str, dict]:
+        """The encoder and decoder this model builds when given none, as config (class path and
+        arguments; the decoder's for an encoder of ``encoder_out_features``). The CLI writes them
+        into a run's config, where the data's image shape reaches them."""
+        return {
+            "encoder": {"class_path": "aelight.components.MLPEncoder", "init_args": {"out_features": 32}},
+            "decoder": {
+                "class_path": "aelight.components.MLPDecoder",
+                "init_args": {"in_features": encoder_out_features or 32},
+            },
+        }
 
     # --- what the variants override -------------------------------------------------------
     @property
@@ -161,9 +182,23 @@ class AE(L.LightningModule):
         # reaches a test MSE of about 0.021 instead of 0.035. Runs before a checkpoint is
         # restored, so resuming is unaffected.
         datamodule = getattr(self.trainer, "datamodule", None)
+        self.check_image_shape(getattr(datamodule, "image_shape", None))
         set_bias = getattr(self.decoder, "set_output_bias", None)
         if stage == "fit" and self.init_output_bias and set_bias and hasattr(datamodule, "mean_image"):
             set_bias(datamodule.mean_image("train"))
+
+    def check_image_shape(self, shape) -> None:
+        """The networks must read and write the images the data serves. The CLI links the data's
+        shape to networks named in the config; a model's built-in default networks are MNIST's."""
+        for name in ("encoder", "decoder"):
+            expected = getattr(getattr(self, name), "image_shape", None)
+            if shape is not None and expected is not None and tuple(expected) != tuple(shape):
+                raise ConfigError(
+                    f"{type(self).__name__}: the {name} takes images of shape {list(expected)} but the data serves "
+                    f"{list(shape)}; name the encoder and decoder in the model's config (e.g. "
+                    "--model.init_args.encoder aelight.components.ConvEncoder --model.init_args.decoder "
+                    "aelight.components.ConvDecoder): the data's shape then reaches them"
+                )
 
     def on_fit_start(self) -> None:
         # A new run starts from init_weights; a resumed one (trainer.ckpt_path set, its weights

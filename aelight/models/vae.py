@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aelight.components import MLPDecoder, MLPEncoder
 from aelight.errors import ConfigError
-from aelight.models.autoencoder import AE
+from aelight.models.autoencoder import AE, build_network
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -27,6 +26,21 @@ class VAE(AE):
     ``test/nll``, the importance-sampled negative log-likelihood (see ``log_likelihood``).
     """
 
+    @classmethod
+    def default_networks(cls, encoder_out_features: Optional[int] = None) -> dict[str, dict]:
+        """An MLP with one 512-unit layer each way and a 32-d latent (the encoder's 64 outputs are
+        its mean and log-variance)."""
+        return {
+            "encoder": {
+                "class_path": "aelight.components.MLPEncoder",
+                "init_args": {"out_features": 64, "hidden_dims": [512], "final_activation": None},
+            },
+            "decoder": {
+                "class_path": "aelight.components.MLPDecoder",
+                "init_args": {"in_features": (encoder_out_features or 64) // 2, "hidden_dims": [512]},
+            },
+        }
+
     def __init__(
         self,
         encoder: Optional[nn.Module] = None,
@@ -39,14 +53,14 @@ class VAE(AE):
         **kwargs,
     ):
         if encoder is None:
-            encoder = MLPEncoder(out_features=64, hidden_dims=[512], final_activation=None)
+            encoder = build_network(self.default_networks()["encoder"])
         if encoder.out_features % 2 or encoder.out_features < 2:
             raise ConfigError(
                 f"VAE: the encoder's out_features must be even and at least 2 (mean and log-variance of the "
                 f"latent), got {encoder.out_features}; set encoder.init_args.out_features to twice the latent size"
             )
         if decoder is None:
-            decoder = MLPDecoder(in_features=encoder.out_features // 2, hidden_dims=[512])
+            decoder = build_network(self.default_networks(encoder.out_features)["decoder"])
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if likelihood not in ("bernoulli", "gaussian"):
             raise ConfigError(f"VAE: likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")

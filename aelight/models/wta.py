@@ -14,9 +14,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aelight.components import ConvMapDecoder, ConvMapEncoder
 from aelight.errors import ConfigError
-from aelight.models.autoencoder import AE
+from aelight.models.autoencoder import AE, build_network
 
 
 def spatial_winners(maps: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,6 +39,17 @@ class WTAAE(AE):
     """``lifetime_sparsity``: fraction of the batch in which each map may win (1 turns it off).
     ``pool_size`` / ``pool_stride``: the max-pooling of the maps that ``encode`` returns."""
 
+    @classmethod
+    def default_networks(cls, encoder_out_features: Optional[int] = None) -> dict[str, dict]:
+        """128 maps of one 5x5 convolution, painted back by 11x11 strokes."""
+        return {
+            "encoder": {"class_path": "aelight.components.ConvMapEncoder", "init_args": {"out_features": 128}},
+            "decoder": {
+                "class_path": "aelight.components.ConvMapDecoder",
+                "init_args": {"in_features": encoder_out_features or 128},
+            },
+        }
+
     def __init__(
         self,
         encoder: Optional[nn.Module] = None,
@@ -49,8 +59,9 @@ class WTAAE(AE):
         pool_stride: int = 4,
         **kwargs,
     ):
-        encoder = encoder if encoder is not None else ConvMapEncoder()
-        decoder = decoder if decoder is not None else ConvMapDecoder(in_features=encoder.out_features)
+        encoder = encoder if encoder is not None else build_network(self.default_networks()["encoder"])
+        if decoder is None:
+            decoder = build_network(self.default_networks(encoder.out_features)["decoder"])
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
         if not 0 < lifetime_sparsity <= 1:
             raise ConfigError(f"WTAAE: lifetime_sparsity must be in (0, 1], got {lifetime_sparsity}")
