@@ -341,6 +341,19 @@ def test_an_application_serves_a_checkpoint_s_model_deskewed_pixels_when_its_run
     assert not torch.equal(plain.split_tensors("test")[0], skewless.split_tensors("test")[0])
 
 
+def test_a_checkpoint_whose_networks_name_their_image_in_the_old_words_loads_with_its_weights(trained, tmp_path):
+    from aelight.apps import common
+
+    checkpoint = torch.load(trained["ae"], map_location="cpu", weights_only=True)
+    networks = checkpoint["hyper_parameters"]
+    networks["encoder"]["init_args"]["input_shape"] = networks["encoder"]["init_args"].pop("image_shape")
+    networks["decoder"]["init_args"]["output_shape"] = networks["decoder"]["init_args"].pop("image_shape")
+    torch.save(checkpoint, tmp_path / "old.ckpt")  # as aelight wrote it before image_shape was linked from the data
+    old, new = common.load_model(str(tmp_path / "old.ckpt"), "cpu"), common.load_model(trained["ae"], "cpu")
+    assert old.encoder.image_shape == old.decoder.image_shape == (1, 28, 28)
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+
+
 def test_a_classifier_cache_of_other_weights_is_one_line_naming_it(trained, tiny_data, tmp_path):
     from aelight.apps.classifier import trained_classifier
     from aelight.checkpoints.io import CheckpointError

@@ -223,6 +223,11 @@ def test_every_application_reads_a_folder_run_as_it_trained(rgb_root, tmp_path):
     assert (
         hparams["encoder"]["init_args"]["image_shape"] == hparams["decoder"]["init_args"]["image_shape"] == [3, 24, 32]
     )
+    run_config = str(tmp_path / "logs" / "ae" / "version_0" / "config.yaml")
+    for command in ("validate", "test", "predict"):
+        aelight([command, f"--config={run_config}", "--ckpt_path=best"])
+    predictions = torch.load(glob.glob(str(tmp_path / "logs" / "ae" / "version_0" / "predictions.pt"))[0])
+    assert predictions["recon"].shape == (20, 3, 24, 32) and predictions["label"].tolist().count(0) > 0
     for command in ("reduce", "features", "denoise"):
         aelight([command, "--ckpt_path", ckpt, "--out", str(tmp_path / command)])
     reduced = json.loads((tmp_path / "reduce" / "report.json").read_text())
