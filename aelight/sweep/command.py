@@ -16,16 +16,22 @@ from aelight.sweep import preflight
 from aelight.sweep.results import write_results
 from aelight.sweep.spec import SweepSpec, as_list, load_spec, trial_options
 from aelight.sweep.study import (
+    GRACE_S,
     PRUNING_MONITOR,
     STUDY_FILE,
+    Machine,
+    StorageUnreachable,
     check_same_trials,
     counted,
+    is_storage_error,
     left_to_start,
     open_storage,
     open_study,
     requeue_interrupted,
+    shown_url,
+    unreachable,
 )  # fmt: skip
-from aelight.sweep.workers import CheckingWorker, Stop, devices, start_workers, stop_workers, worker
+from aelight.sweep.workers import STORAGE_LOST, CheckingWorker, Stop, devices, start_workers, stop_workers, worker
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +74,19 @@ def parser() -> argparse.ArgumentParser:
         "--storage", default=None, help="an Optuna storage URL shared by several machines (default: <out>/study.db)"
     )
     p.add_argument(
+        "--machine",
+        default=None,
+        help="this machine's name in a study shared through --storage (default: its host name; two machines "
+        "must differ)",
+    )
+    p.add_argument(
+        "--stale_after",
+        type=positive_seconds,
+        default=None,
+        help=f"seconds without a heartbeat after which a trial running on another machine counts as lost and "
+        f"is run again (default {GRACE_S}; give every machine of a study the same)",
+    )
+    p.add_argument(
         "--results",
         action="store_true",
         help="write and print results.csv and results.md of the study as it stands, starting no trial "
@@ -80,16 +99,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def positive_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 seconds, got {value}")
+    return value
+
+
 def main(argv: Optional[list] = None) -> None:
     args, extra = parser().parse_known_args(argv)
     spec = load_spec(args.spec)
+    machine = Machine(**({"name": args.machine} if args.machine else {}), stale_after=args.stale_after)
     args.out = str(Path(args.out or Path("sweeps") / Path(args.spec).stem).absolute())
     args.study_name = args.study_name or Path(args.spec).stem
     if args.worker:
         check_fds = tuple(int(fd) for fd in args.check_fds.split(",")) if args.check_fds else None
-        return worker(args.spec, args.study_name, args.storage, args.out, args.worker_index, extra, check_fds)
+        return worker(args.spec, args.study_name, args.storage, args.out, args.worker_index, extra, check_fds, machine)
     if args.results:
-        return show_results(spec, args)
+        return show_results(spec, args, machine)
     # the command line overrides what the spec says of devices and workers
     args.devices = args.devices if args.devices is not None else spec.devices
     if args.workers_per_device is None:
@@ -107,7 +137,8 @@ def main(argv: Optional[list] = None) -> None:
     new_sweep = not args.storage and not study_file.is_file()
     args.storage = args.storage or f"sqlite:///{study_file}"
     base = [sys.executable, "-m", "aelight", "sweep", args.spec, "--worker", f"--out={out}",
-            f"--storage={args.storage}", f"--study_name={args.study_name}"]  # fmt: skip
+            f"--storage={args.storage}", f"--study_name={args.study_name}", f"--machine={machine.name}",
+            *([f"--stale_after={args.stale_after}"] if args.stale_after else [])]  # fmt: skip
     where = "the CPU" if gpus == [None] else f"GPU {', '.join(gpus)}"
 
     def placed(left: int) -> list:
@@ -122,11 +153,11 @@ def main(argv: Optional[list] = None) -> None:
             workers.append(checking.process)
         safe_files.check_writable(out, "choose another with --out DIR")
         (out / "runs").mkdir(exist_ok=True)
-        study = open_study(spec, args.study_name, args.storage, create=True)
+        study = open_study(spec, args.study_name, args.storage, create=True, machine=machine)
         if check_same_trials(study, spec, extra, args.out) and not new_sweep:  # a shared storage's first command
             checking = checked_first_worker(spec, placed(left_to_start(study, spec)), base, extra)
             workers.append(checking.process)
-        requeued = requeue_interrupted(study, args.storage, spec)
+        requeued = requeue_interrupted(study, args.storage, spec, machine)
         if requeued:
             print(f"aelight sweep: running {requeued} interrupted trial(s) again", file=sys.stderr)
         left = left_to_start(study, spec)
@@ -141,14 +172,27 @@ def main(argv: Optional[list] = None) -> None:
         workers += start_workers(places[len(workers) :], base, extra, first_index=len(workers))
         for w in workers:
             w.wait()
+        if any(w.returncode == STORAGE_LOST for w in workers):  # each said so in one line
+            raise StorageUnreachable(
+                f"the sweep's storage {shown_url(args.storage)} went away; trials under way were not recorded as "
+                "completed: run the same command again when the database is back, and they run again"
+            )
     except KeyboardInterrupt:  # the workers are stopped below, before the results are written
         print("aelight sweep: stopped; run the same command again to finish the trials left", file=sys.stderr)
         sys.exit(143 if Stop.terminated else 130)  # as a shell reports SIGTERM / Ctrl-C
+    except Exception as err:
+        if is_storage_error(err):
+            raise unreachable(args.storage, err) from None
+        raise
     finally:
         stop_workers(workers)
         reap_orphans(timeout=30)
         if study is not None:
-            write_results(study, spec, out, args.study_name)
+            try:
+                write_results(study, spec, out, args.study_name)
+            except Exception as err:  # the database gone: results.csv keeps what it last said
+                if not is_storage_error(err):
+                    raise
     states = {t.state for t in counted(study)}
     if TrialState.COMPLETE not in states and not states & {TrialState.RUNNING, TrialState.WAITING}:
         raise AelightError(f"no trial of the sweep completed; {out / 'results.md'} lists why each failed")
@@ -175,7 +219,7 @@ def check_no_fast_dev_run(spec: SweepSpec, extra: list[str]) -> None:
             )
 
 
-def show_results(spec: SweepSpec, args: argparse.Namespace) -> None:
+def show_results(spec: SweepSpec, args: argparse.Namespace, machine: Machine) -> None:
     """``--results``: the study's results as they stand, written and printed; nothing is started or
     changed in the study (a trial under way elsewhere is listed as running)."""
     out, study_file = Path(args.out), Path(args.out) / STUDY_FILE
@@ -184,7 +228,9 @@ def show_results(spec: SweepSpec, args: argparse.Namespace) -> None:
     elif not study_file.is_file():
         raise ConfigError(f"no sweep at {out}: run the command without --results first, or give the sweep's --out")
     try:
-        study = open_study(spec, args.study_name, args.storage or f"sqlite:///{study_file}", create=False)
+        study = open_study(
+            spec, args.study_name, args.storage or f"sqlite:///{study_file}", create=False, machine=machine
+        )
     except KeyError:  # Optuna's answer for a study that is not in the storage
         raise ConfigError(f"{args.storage or study_file} holds no sweep {args.study_name}") from None
     safe_files.check_writable(out, "choose another with --out DIR")

@@ -3,22 +3,44 @@ crashed sweep left behind (run again, never twice)."""
 
 import json
 import os
+import re
 import socket
 import time
 import warnings
+from dataclasses import dataclass, field
+from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
 
-from aelight.errors import ConfigError
+from aelight.errors import AelightError, ConfigError
 from aelight.sweep.spec import SweepSpec, encode, trial_options
 
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 SPARE = "spare"  # user attribute of a trial a worker asked for when the spec's were all taken: not run
 HEARTBEAT_S, GRACE_S = 30, 180  # Optuna's heartbeats: a running trial's worker records one every 30 s
+BEATS_PER_GRACE = GRACE_S // HEARTBEAT_S  # a trial silent for this many heartbeats lost its machine
 STUDY_FILE = "study.db"  # the study's storage in the sweep's folder, unless --storage names another
 PRUNING_MONITOR = "val/loss"  # what a search's pruner compares, epoch by epoch
 DRAWING_S = 60  # a trial still drawing its setting after this long lost its worker (drawing takes milliseconds)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """This machine as a shared study knows it: ``name`` (its host name unless ``aelight sweep
+    --machine`` gives one: two machines must differ) marks the trials its workers run, so that a
+    later command here can tell its own dead workers' trials from those running elsewhere; a
+    trial running elsewhere that gives no heartbeat for ``stale_after`` seconds lost its machine
+    and is run again (``--stale_after``; every machine of a study should give the same)."""
+
+    name: str = field(default_factory=socket.gethostname)
+    stale_after: Optional[int] = None  # None: GRACE_S
+
+    def heartbeats(self) -> tuple[int, int]:
+        """Optuna's heartbeat interval and grace period, in seconds."""
+        if self.stale_after is None:
+            return HEARTBEAT_S, GRACE_S
+        return max(1, self.stale_after // BEATS_PER_GRACE), self.stale_after
 
 
 class SweepGridSampler(optuna.samplers.GridSampler):
@@ -30,7 +52,9 @@ class SweepGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def open_study(spec: SweepSpec, name: str, storage: str, create: bool, worker_index: int = 0):
+def open_study(
+    spec: SweepSpec, name: str, storage: str, create: bool, worker_index: int = 0, machine: Optional[Machine] = None
+):
     # Optuna would log each failed or interrupted trial with a traceback; results.md says why in one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if spec.search:
@@ -39,7 +63,7 @@ def open_study(spec: SweepSpec, name: str, storage: str, create: bool, worker_in
     else:
         space = {key: [encode(v) for v in values] for key, values in spec.grid.items()}
         sampler, pruner = SweepGridSampler({**space, "seed": spec.seeds}, seed=0), None
-    storage = sweep_storage(storage, spec)
+    storage = sweep_storage(storage, spec, machine or Machine())
     if create:
         return optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=spec.direction,
@@ -48,15 +72,16 @@ def open_study(spec: SweepSpec, name: str, storage: str, create: bool, worker_in
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def sweep_storage(url: str, spec: SweepSpec):
+def sweep_storage(url: str, spec: SweepSpec, machine: Machine):
     """The study's storage, with Optuna's heartbeats: the worker of a running trial records one every
-    ``HEARTBEAT_S``; a trial with none for ``GRACE_S`` (its machine crashed or was cut off from a
-    shared storage) is failed by the next worker or command that looks, and its setting is queued
-    again (``queue_missing``), on any machine of the sweep."""
+    ``HEARTBEAT_S``; a trial with none for ``GRACE_S`` (``machine``'s ``stale_after``: its machine
+    crashed or was cut off from a shared storage) is failed by the next worker or command that
+    looks, and its setting is queued again (``queue_missing``), on any machine of the sweep."""
     # the heartbeat is experimental in Optuna's terms; aelight's tests hold the behaviour it relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    heartbeat, grace = machine.heartbeats()
     return optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        url, heartbeat_interval=heartbeat, grace_period=grace,
         heartbeat_stale_trial_callback=lambda study, trial: queue_missing(study, spec),
     )  # fmt: skip
 
@@ -71,6 +96,36 @@ def open_storage(url: str):
             f"--storage {url}: cannot open it as an Optuna storage ({reason}); give a database URL such as "
             "sqlite:///sweep.db or postgresql://user@host/db"
         ) from None
+
+
+class StorageUnreachable(AelightError):
+    """The study's database went away (a server stopped, a network cut) while the sweep ran."""
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) says the study's database cannot be reached or used."""
+    import sqlalchemy.exc
+
+    while err is not None:
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(err, optuna.exceptions.StorageInternalError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def shown_url(url: str) -> str:
+    """A storage URL fit to print: its password, if any, left out."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def unreachable(url: str, err: BaseException) -> StorageUnreachable:
+    reason = (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
+    return StorageUnreachable(
+        f"the sweep's storage {shown_url(url)} cannot be reached ({reason[:200]}); trials under way were not "
+        "recorded as completed: run the same command again when the database is back, and they run again"
+    )
 
 
 def search_pruner():
@@ -106,14 +161,14 @@ def check_same_trials(study, spec: SweepSpec, extra: list[str], out: str) -> boo
     )
 
 
-def requeue_interrupted(study, storage_url: str, spec: SweepSpec) -> int:
+def requeue_interrupted(study, storage_url: str, spec: SweepSpec, machine: Optional[Machine] = None) -> int:
     """What a killed or stopped sweep left behind is run again: RUNNING trials whose worker on this
     machine is gone become failed ("interrupted"); one whose worker died before it drew its setting
     (here or elsewhere) is set aside as spare. Then a continued grid queues each point and seed that
     no trial has run or is running (Optuna's grid sampler counts an interrupted trial's point as
     visited), and a search queues each interrupted setting again. Returns how many interrupted
     trials were queued again."""
-    host = socket.gethostname()
+    host = (machine or Machine()).name
     storage = optuna.storages.get_storage(storage_url)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

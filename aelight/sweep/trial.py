@@ -6,17 +6,17 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import optuna
 
 from aelight import run_result
 from aelight.sweep.spec import APP_DATA_OPTIONS, APPLIED, SweepSpec, encode, linked_value, option, trial_options
-from aelight.sweep.study import RUNNING_HERE, SPARE, taken_by_another
+from aelight.sweep.study import RUNNING_HERE, SPARE, Machine, taken_by_another
 from aelight.sweep.trial_process import BEST_CHECKPOINT, TrialCommand
 from aelight.sweep.trial_process import run_commands as run_in_child
 
@@ -99,11 +99,11 @@ def _ended_how(code: int) -> str:
     return f"exited with {code}"
 
 
-def objective(trial, spec: SweepSpec, run) -> float:
+def objective(trial, spec: SweepSpec, run, machine: Optional[Machine] = None) -> float:
     """Draws a trial's setting (and seed, for a grid) and hands it to ``run(trial, params, seeds)``,
     unless another trial has that setting (``taken_by_another``)."""
     # who runs it, recorded before it draws anything: see requeue_interrupted
-    trial.set_user_attr(RUNNING_HERE, f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(RUNNING_HERE, f"{(machine or Machine()).name}:{os.getpid()}")
     params = {key: trial.suggest_categorical(key, [encode(v) for v in values]) for key, values in spec.grid.items()}
     for key, space in spec.search.items():
         if "choices" in space:
@@ -122,13 +122,16 @@ def objective(trial, spec: SweepSpec, run) -> float:
     return run(trial, params, seeds)
 
 
-def run_trial(trial, params: dict, seeds: list, spec: SweepSpec, out: Path, extra: list[str], env: dict, storage: str):
+def run_trial(
+    trial, params: dict, seeds: list, spec: SweepSpec, out: Path, extra: list[str], env: dict, storage: str,
+    machine: Optional[Machine] = None,
+):  # fmt: skip
     """One trial as ordinary aelight runs under ``<out>/runs/trial_<n>/``: the mean of its metric over seeds."""
     run_root = out / "runs" / f"trial_{trial.number}"
     run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
     trial.set_user_attr("run", str(run_root))
     gpu = env.get("CUDA_VISIBLE_DEVICES")  # the worker's pinning (worker_placement)
-    trial.set_user_attr("device", f"{socket.gethostname()} {f'gpu {gpu}' if gpu else 'cpu'}")
+    trial.set_user_attr("device", f"{(machine or Machine()).name} {f'gpu {gpu}' if gpu else 'cpu'}")
     env = {**env, TRIAL_ENV: json.dumps([storage, trial.study.study_name, trial.number])}
     start, values, per_seed = time.time(), [], {}
     try:

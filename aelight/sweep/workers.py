@@ -7,15 +7,31 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
 
 from aelight.errors import AelightError, ConfigError
 from aelight.runtime import PARENT_ENV
 from aelight.sweep import preflight
 from aelight.sweep.results import progress_line
 from aelight.sweep.spec import SweepSpec, load_spec
-from aelight.sweep.study import SPARE, left_to_start, open_study
+from aelight.sweep.study import (
+    RUNNING_HERE,
+    SPARE,
+    Machine,
+    alive,
+    counted,
+    has_drawn,
+    is_storage_error,
+    left_to_start,
+    open_study,
+    unreachable,
+)  # fmt: skip
 from aelight.sweep.trial import TrialFailed, objective, run_trial
 
 
@@ -126,14 +142,21 @@ def stop_workers(workers: list) -> None:
             w.wait()
 
 
+STORAGE_LOST = 69  # a worker's exit code when the study's database went away (EX_UNAVAILABLE)
+
+
 def worker(
-    spec_path: str, study_name: str, storage: str, out: str, worker_index: int, extra: list[str], check_fds=None
-) -> None:
-    """One worker process: trials from the study until the spec's are all taken. With ``check_fds``
+    spec_path: str, study_name: str, storage: str, out: str, worker_index: int, extra: list[str], check_fds=None,
+    machine: Optional[Machine] = None,
+) -> None:  # fmt: skip
+    """One worker process: trials from the study until the spec's have all ended. With ``check_fds``
     (the pipes of ``CheckingWorker``) it first checks the spec's options and answers, then waits
-    for the sweep's go."""
+    for the sweep's go. If the study's database goes away, it stops with one line (exit code
+    ``STORAGE_LOST``); what it was running is not recorded, so the next command runs it again."""
     spec = load_spec(spec_path)
+    machine = machine or Machine()
     Stop.install()
+    threading.excepthook = _quiet_storage_errors  # Optuna's heartbeat thread meets the lost database first
     try:
         if check_fds:
             verdict, go = check_fds
@@ -142,15 +165,30 @@ def worker(
             with os.fdopen(go) as answer:
                 if answer.read() != "go":
                     return
-        study = open_study(spec, study_name, storage, create=False, worker_index=worker_index)
-        run = functools.partial(run_trial, spec=spec, out=Path(out), extra=extra, env=dict(os.environ), storage=storage)
-        run_trials(study, spec, run)
+        study = open_study(spec, study_name, storage, create=False, worker_index=worker_index, machine=machine)
+        run = functools.partial(
+            run_trial, spec=spec, out=Path(out), extra=extra, env=dict(os.environ), storage=storage, machine=machine
+        )
+        run_trials(study, spec, run, machine)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:
+        if not is_storage_error(err):
+            raise
+        print(f"aelight sweep: worker {worker_index}: {unreachable(storage, err)}", file=sys.stderr, flush=True)
+        sys.exit(STORAGE_LOST)
 
 
-def run_trials(study, spec: SweepSpec, run) -> None:
-    """Takes trials from the study, each run by ``run(trial, params, seeds)``, until the spec's are all taken."""
+def _quiet_storage_errors(args) -> None:
+    if not is_storage_error(args.exc_value):
+        threading.__excepthook__(args)
+
+
+def run_trials(study, spec: SweepSpec, run, machine: Optional[Machine] = None) -> None:
+    """Takes trials from the study, each run by ``run(trial, params, seeds)``, until the spec's are
+    all taken; then, while trials run elsewhere (other workers, other machines), waits for them to
+    end, running again any whose machine goes silent (its heartbeat older than ``stale_after``)."""
+    machine = machine or Machine()
 
     def stop_when_all_started(study, trial) -> None:
         if trial.user_attrs.get(SPARE):  # nothing was left for this worker to start
@@ -159,7 +197,27 @@ def run_trials(study, spec: SweepSpec, run) -> None:
         if not left_to_start(study, spec):
             study.stop()
 
-    if left_to_start(study, spec):
-        study.optimize(
-            lambda trial: objective(trial, spec, run), callbacks=[stop_when_all_started], catch=(TrialFailed,)
-        )
+    poll = min(5, machine.heartbeats()[0])
+    while True:
+        if left_to_start(study, spec):
+            study.optimize(
+                lambda trial: objective(trial, spec, run, machine),
+                callbacks=[stop_when_all_started],
+                catch=(TrialFailed,),
+            )
+        if not running_elsewhere(study, spec, machine):
+            return
+        time.sleep(poll)
+        optuna.storages.fail_stale_trials(study)  # a silent machine's trial is failed and queued again
+
+
+def running_elsewhere(study, spec: SweepSpec, machine: Machine) -> bool:
+    """Whether a trial the spec needs is running in another worker or on another machine (a dead
+    worker's trial on this machine is not: the next command here runs it again)."""
+    for t in counted(study):
+        if t.state != TrialState.RUNNING or not has_drawn(t, spec):
+            continue
+        host, _, pid = t.user_attrs.get(RUNNING_HERE, "").rpartition(":")
+        if host != machine.name or (pid.isdigit() and alive(int(pid))):
+            return True
+    return False
