@@ -27,7 +27,8 @@ from tests.conftest import REPO
 
 CODE_SIZE = "model.init_args.encoder.init_args.out_features"
 LATENT = "model.init_args.decoder.init_args.in_features"
-SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+# limit_train_batches 2, not 1: Lightning reads an int 1 given as text as 1.0, every batch
+SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
          "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false"]  # fmt: skip
 
 
