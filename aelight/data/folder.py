@@ -127,7 +127,7 @@ def scan_layout(root: str, val_fraction: float, test_fraction: float, split_seed
         files["test"], labels["test"] = test_files, test_labels
         return FolderLayout("split", files, labels, class_names)
     class_names = _subfolders(root)
-    loose = [f for f in _loose_images(root)]
+    loose = _loose_images(root)
     if class_names and loose:
         raise DataError(
             f"{loose[0]}: {root} holds both class folders and loose files; put every image in a class folder"
@@ -224,15 +224,8 @@ class ImageFolderDataModule(ImageDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         size = self.center_crop or self.resize
         if size is None:  # the images' own size: the first training image's (all must share it)
-            from PIL import Image
-
-            first = self.layout.files["train"][0]
-            try:
-                with Image.open(first) as image:
-                    size = (image.height, image.width)
-            except Exception:  # noqa: BLE001 - named by open_image's message
-                open_image(first)
-                raise
+            first = open_image(self.layout.files["train"][0])
+            size = (first.height, first.width)
         return (self.channels, *size)
 
     @property
