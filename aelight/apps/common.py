@@ -13,6 +13,7 @@ from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
 from aelight import run_result, safe_files
+from aelight.arg_types import whole_number
 from aelight.checkpoints import trust
 from aelight.checkpoints.io import check_weights_fit, model_arguments, weight_shapes
 from aelight.data import ImageFolderDataModule, MNISTDataModule
@@ -52,15 +53,7 @@ def application_parser(
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+positive_int = whole_number(1)  # argparse type: an integer of at least 1
 
 
 def positive_float(text: str) -> float:

@@ -10,6 +10,7 @@ from typing import Optional
 from optuna.trial import TrialState
 
 from aelight import safe_files
+from aelight.arg_types import whole_number
 from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
 from aelight.runtime import adopt_orphans, reap_orphans
 from aelight.sweep import preflight
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stale_after",
-        type=positive_seconds,
+        type=whole_number(2, "seconds"),
         default=None,
         help=f"seconds without a heartbeat after which a trial running on another machine counts as lost and "
         f"is run again (default {GRACE_S}; give every machine of a study the same)",
@@ -97,16 +98,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker_index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--check_fds", default=None, help=argparse.SUPPRESS)
     return p
-
-
-def positive_seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 seconds, got {value}")
-    return value
 
 
 def main(argv: Optional[list] = None) -> None:

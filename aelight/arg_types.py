@@ -1,0 +1,20 @@
+"""argparse types the commands share; plain Python, so a light command (aelight sweep) imports no torch."""
+
+import argparse
+from typing import Callable
+
+
+def whole_number(minimum: int, unit: str = "") -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``minimum`` (of ``unit``, named in its messages)."""
+    of_unit = f" {unit}" if unit else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{' of ' + unit if unit else ''}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{of_unit}, got {value}")
+        return value
+
+    return parse
