@@ -36,7 +36,15 @@ def test_configs_folder_has_every_variant():
     assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+# configs whose model, networks and data a sibling config of the default suite already runs (wider,
+# deeper or deskewed versions): run with -m slow
+SIBLING_COVERED = {"apps/wta_wide_features.yaml", "apps/conv_dae_features.yaml", "apps/umap_2d_deskew.yaml",
+                   "apps/conv_ae_deep.yaml", "likelihood/vae_iwae5_finetune.yaml"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config", [pytest.param(c, marks=pytest.mark.slow) if c in SIBLING_COVERED else c for c in CONFIGS]
+)
 def test_every_config_fits_then_tests_from_its_checkpoint(config, cli_args, tmp_path):
     name = config.removesuffix(".yaml").replace("/", "_")
     log_name = f"--trainer.logger.init_args.name={name}"

@@ -67,6 +67,7 @@ def test_a_one_class_sweep_reports_each_digit_s_auroc_from_its_report_and_their_
     assert f"Mean auroc over the 2 settings: {mean:.4f}" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow  # about a minute; the pruner's decision is also tested on a study in tests/test_sweep.py
 def test_a_tpe_search_prunes_a_trial_that_trails_the_median(tiny_data, tmp_path):
     # learning rates from 1e-4 to 1e3: the larger, the worse; TPE's startup draws are seeded by the
     # worker's index, so the sixth trial (lr 3.3) trails the median of the five before it
@@ -118,6 +119,7 @@ def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoi
         sweep_spec.load_spec(str(tmp_path / "bad.yaml"))
 
 
+@pytest.mark.slow  # the failing trials' rows and reasons are also held by the grid test above
 def test_a_sweep_whose_every_trial_failed_says_so_and_exits_non_zero(tiny_data, tmp_path):
     spec, out = write_spec(tmp_path, {"data.batch_size": [0]}, seeds=[0]), tmp_path / "sweep"
     proc = subprocess.run(sweep_cmd(spec, out, tiny_data, 3), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -152,7 +154,9 @@ def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data
     assert "3 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # one finished before the kill
 
 
-@pytest.mark.parametrize("stop, workers", [("SIGINT", 2), ("SIGTERM", 1)])
+@pytest.mark.parametrize(
+    "stop, workers", [pytest.param("SIGINT", 2, marks=pytest.mark.slow), ("SIGTERM", 1)]
+)  # Ctrl-C with two workers: -m slow
 def test_ctrl_c_or_sigterm_stops_every_worker_and_run_without_a_traceback(tiny_data, tmp_path, stop, workers):
     spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
     cmd = [*sweep_cmd(spec, out, tiny_data, workers), "--trainer.max_epochs=100000"]  # runs until stopped

@@ -197,7 +197,7 @@ def run_trials(study, spec: SweepSpec, run, machine: Optional[Machine] = None) -
         if not left_to_start(study, spec):
             study.stop()
 
-    poll = min(5, machine.heartbeats()[0])
+    poll = 1  # seconds between looks at the trials running elsewhere (a light query)
     while True:
         if left_to_start(study, spec):
             study.optimize(
