@@ -114,6 +114,7 @@ def test_the_old_scripts_respell_their_options_for_the_subcommand():
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # the respelling is tested above; this runs the installed script in a process of its own
 def test_an_old_script_still_runs_its_command(trained, tiny_data, tmp_path):
     script = Path(sys.executable).parent / "aelight-reduce"
     out = tmp_path / "reduce"

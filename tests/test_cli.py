@@ -38,8 +38,9 @@ def test_configs_folder_has_every_variant():
 
 # configs whose model, networks and data a sibling config of the default suite already runs (wider,
 # deeper or deskewed versions): run with -m slow
-SIBLING_COVERED = {"apps/wta_wide_features.yaml", "apps/conv_dae_features.yaml", "apps/umap_2d_deskew.yaml",
-                   "apps/conv_ae_deep.yaml", "likelihood/vae_iwae5_finetune.yaml"}  # fmt: skip
+SIBLING_COVERED = {"apps/wta_wide_features.yaml", "apps/wta_deskew_features.yaml", "apps/conv_dae_features.yaml",
+                   "apps/umap_2d_deskew.yaml", "apps/conv_ae_deep.yaml", "likelihood/vae_iwae5_finetune.yaml",
+                   "likelihood/vae_iwae_arch.yaml"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,7 @@ def test_denoising_training_noise_is_made_on_the_batch_device():
     assert model.corrupt(torch.empty(4, 1, 28, 28, device="meta")).device.type == "meta"
 
 
+@pytest.mark.slow  # a benchmark script's smoke run
 def test_benchmark_script_runs_end_to_end_on_tiny_data(tiny_data):
     proc = subprocess.run(
         [

@@ -290,6 +290,7 @@ def test_evaluation_commands_never_overwrite_the_training_config(tiny_data, tmp_
     assert "max_epochs: 50" in (run / "config_test.yaml").read_text()
 
 
+@pytest.mark.slow  # the same atomic write as the checkpoint's, which the default suite kills mid-write
 def test_sigkill_while_writing_predictions_keeps_the_previous_file_and_a_new_run_cleans_up(tiny_data, tmp_path):
     logs = tmp_path / "logs"
     main(tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml"))
