@@ -138,14 +138,3 @@ def kill_inside_a_slow_save(args: list[str], signal_file: Path, normal_saves: in
     finally:
         proc.wait()
     return proc.returncode
-
-
-# The files that take longest, first: with --dist loadfile each test process takes the next file
-# when it is free, so the two processes then end together instead of one running a long file alone.
-LONGEST_FIRST = ("test_sweep_runs.py", "test_trust_boundary.py", "test_postgres.py", "test_ddp.py", "test_cli.py",
-                 "test_folder.py", "test_apps.py", "test_reliability.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
