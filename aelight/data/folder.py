@@ -297,13 +297,16 @@ class ImageFolderDataModule(ImageDataModule):
         return images
 
     def prepare_data(self) -> None:
-        # One process per node decodes and writes the cache; the others then read it in setup.
-        self._load_or_decode()
+        # One process per node decodes and writes the cache, and keeps the images for its own setup;
+        # the others then read the cache in setup.
+        if self._images is None:
+            self._images = self._load_or_decode()
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self._images is not None:
+        if self._offsets:
             return
-        self._images = self._load_or_decode()
+        if self._images is None:
+            self._images = self._load_or_decode()
         start = 0
         for split, files in self.layout.files.items():
             self._offsets[split] = start
@@ -311,7 +314,7 @@ class ImageFolderDataModule(ImageDataModule):
 
     def split_tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         files = self._split_entry(split, self.layout.files)
-        if self._images is None:
+        if not self._offsets:
             self.setup()
         start = self._offsets[split]
         return self._images[start : start + len(files)], torch.tensor(self.layout.labels[split], dtype=torch.long)

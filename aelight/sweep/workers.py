@@ -208,7 +208,7 @@ def run_trials(study, spec: SweepSpec, run, machine: Optional[Machine] = None) -
         if not running_elsewhere(study, spec, machine):
             return
         time.sleep(poll)
-        optuna.storages.fail_stale_trials(study)  # a silent machine's trial is failed and queued again
+        optuna.storages.fail_stale_trials(study)  # a trial whose heartbeat stopped is failed and queued again
 
 
 def running_elsewhere(study, spec: SweepSpec, machine: Machine) -> bool:
