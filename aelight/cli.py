@@ -142,6 +142,18 @@ def name_default_networks(model) -> None:
 
 
 class AELightCLI(LightningCLI):
+    def __init__(self, *args, subcommand: Optional[str] = None, **kwargs):
+        self.only_subcommand = subcommand
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # an instance's: Lightning calls it as self.subcommands()
+        """Lightning's subcommands, or only ``subcommand`` when the command line names it: a
+        subcommand's parser takes about a second to build, and a run needs only its own."""
+        every = LightningCLI.subcommands()
+        if self.only_subcommand in every:
+            return {self.only_subcommand: every[self.only_subcommand]}
+        return every
+
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)
         parser.logger = PARSER_LOGGER
@@ -445,7 +457,9 @@ def argument_problem(args: list[str]) -> Optional[str]:
 
 
 def build_cli(args: Optional[list] = None, run: bool = True, cli_class: type = AELightCLI) -> AELightCLI:
+    first = (sys.argv[1:] if args is None else args)[:1]
     return cli_class(
+        subcommand=first[0] if run and first else None,
         model_class=AE,
         subclass_mode_model=True,
         datamodule_class=ImageDataModule,

@@ -36,11 +36,11 @@ def test_configs_folder_has_every_variant():
     assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
 
 
-# configs whose model, networks and data a sibling config of the default suite already runs (wider,
-# deeper or deskewed versions): run with -m slow
+# configs whose model, networks and data a sibling config or test of the default suite already runs
+# (wider, deeper, deskewed or 2-D versions; the UMAP AE's fit in tests/test_umap.py): run with -m slow
 SIBLING_COVERED = {"apps/wta_wide_features.yaml", "apps/wta_deskew_features.yaml", "apps/conv_dae_features.yaml",
-                   "apps/umap_2d_deskew.yaml", "apps/conv_ae_deep.yaml", "likelihood/vae_iwae5_finetune.yaml",
-                   "likelihood/vae_iwae_arch.yaml"}  # fmt: skip
+                   "apps/umap_2d_deskew.yaml", "apps/umap_2d.yaml", "apps/vae_2d.yaml", "apps/conv_ae_deep.yaml",
+                   "likelihood/vae_iwae5_finetune.yaml", "likelihood/vae_iwae_arch.yaml"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

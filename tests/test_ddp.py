@@ -20,15 +20,17 @@ def aelight(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_ddp_two_processes_fit_and_predict_with_the_weights_of_lightnings_step_path(tiny_data, tmp_path):
+DDP_CONFIG = ["--config=configs/ae.yaml", "--config=configs/trainer/ddp_sim.yaml", "--seed_everything=3"]
+
+
+def test_ddp_two_processes_fit_with_the_weights_of_lightnings_step_path(tiny_data, tmp_path):
     # The engine's direct steps call backward outside DDP's forward; unless they ready DDP's
     # all-reduce before each backward (as Lightning's manual backward does), each rank trains on
     # its own gradients and the weights differ from Lightning's path.
-    config = ["--config=configs/ae.yaml", "--config=configs/trainer/ddp_sim.yaml", "--seed_everything=3"]
     runs = {}
     for name, extra in [("direct", []), ("lightning", ["--trainer.callbacks+=tests.step_hooks.ListensToBackward"])]:
         save_dir = tmp_path / name
-        out = aelight(*short_run_args(tiny_data, save_dir, "fit", *config, *extra, epochs=2, batches=4))
+        out = aelight(*short_run_args(tiny_data, save_dir, "fit", *DDP_CONFIG, *extra, epochs=2, batches=4))
         assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout
         how = "direct" if name == "direct" else "through Lightning"
         assert f"aelight engine: 8 optimizer steps per batch, {how}" in out.stdout + out.stderr
@@ -40,10 +42,14 @@ def test_ddp_two_processes_fit_and_predict_with_the_weights_of_lightnings_step_p
     for key, value in runs["lightning"]["state_dict"].items():
         torch.testing.assert_close(runs["direct"]["state_dict"][key], value, rtol=0, atol=1e-6)
 
-    aelight("predict", *short_run_args(tiny_data, tmp_path / "direct", *config, "--ckpt_path=last"))
+
+@pytest.mark.slow  # a third and fourth DDP launch; one process's predictions are tested in tests/test_cli.py
+def test_ddp_predict_writes_one_file_per_rank_with_disjoint_halves_of_the_test_set(tiny_data, tmp_path):
+    aelight(*short_run_args(tiny_data, tmp_path, "fit", *DDP_CONFIG, epochs=1, batches=2))
+    aelight("predict", *short_run_args(tiny_data, tmp_path, *DDP_CONFIG, "--ckpt_path=last"))
     parts = [
         torch.load(p, weights_only=True)
-        for p in sorted(glob.glob(str(tmp_path / "direct" / "ae" / "version_0" / "predictions_rank*.pt")))
+        for p in sorted(glob.glob(str(tmp_path / "ae" / "version_0" / "predictions_rank*.pt")))
     ]
     assert len(parts) == 2
     # the two ranks hold disjoint halves of the 200 test images
@@ -56,7 +62,7 @@ def test_ddp_two_processes_fit_and_predict_with_the_weights_of_lightnings_step_p
 def test_two_nodes_of_one_process_each_train_as_a_two_process_run_into_one_folder(tiny_data, tmp_path):
     # The commands README gives for two nodes, both on this machine: NODE_RANK 0 and 1, one
     # process each, gloo over 127.0.0.1; against the same config and seed as one two-process node.
-    config = ["--config=configs/ae.yaml", "--config=configs/trainer/ddp_sim.yaml", "--seed_everything=3"]
+    config = DDP_CONFIG
     aelight(*short_run_args(tiny_data, tmp_path / "one_node", "fit", *config, epochs=2, batches=4))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

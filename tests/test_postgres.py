@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -134,6 +135,29 @@ def table_of(spec, out, data, url) -> list[dict]:
     return rows(out)
 
 
+def test_machines_opening_a_new_database_at_once_all_open_it(server):
+    from aelight.sweep.study import rdb_storage
+
+    url, at_once = server.database("at_once"), 8
+    barrier, opened, errors = threading.Barrier(at_once), [], []
+
+    def open_it():
+        barrier.wait()  # all create Optuna's tables at the same moment, as machines started together do
+        try:
+            opened.append(rdb_storage(url))
+        except Exception as err:  # noqa: BLE001 - the test lists what failed
+            errors.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+
+    threads = [threading.Thread(target=open_it) for _ in range(at_once)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(opened) == at_once, errors
+    assert opened[0].get_all_studies() == []  # the tables are whole: the storage reads them
+
+
+@pytest.mark.slow  # the killed machine's test below shares a study between two machines as well
 def test_two_machines_share_one_study_each_trial_completes_once(server, tiny_data, tmp_path):
     url, spec = server.database("two_machines"), write_spec(tmp_path, GRID, options=[*BRIEF, "--trainer.max_epochs=1"])
     a = machine(spec, tmp_path / "a", tiny_data, url, "lab-a")

@@ -435,7 +435,7 @@ def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, s
 
 
 def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the_worker_goes_on(tmp_path, monkeypatch):
-    def unreadable(commands, env, log):
+    def unreadable(commands, env, log, continued=False):
         raise ValueError(f"no results for seed {commands[0].argv[-1].split('=')[1]}")
 
     monkeypatch.setattr(sweep_trial, "run_seed", unreadable)  # the runs' results cannot be read

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from aelight.errors import ConfigError
@@ -45,6 +46,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial_and_a_failin
     assert "failed (data.batch_size=0, seed=0): aelight fit exited with 1: data.batch_size must be" in proc.stderr
 
 
+@pytest.mark.slow  # the features trial below fits, applies its command and reads its report the same way
 def test_a_one_class_sweep_reports_each_digit_s_auroc_from_its_report_and_their_mean(tiny_data, tmp_path):
     spec = tmp_path / "one_class.yaml"
     spec.write_text(yaml.safe_dump({"command": "anomaly", "config": str(REPO / "configs/anomaly/ae.yaml"),
@@ -129,29 +131,48 @@ def test_a_sweep_whose_every_trial_failed_says_so_and_exits_non_zero(tiny_data, 
     assert "No trial has completed." in (out / "results.md").read_text() and rows(out)[0]["status"] == "failed"
 
 
-def test_a_second_run_after_a_kill_finishes_the_rest_without_repeating(tiny_data, tmp_path):
-    spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}), tmp_path / "sweep"
+def test_a_second_run_after_a_kill_finishes_the_rest_and_continues_the_killed_fit_from_its_last_checkpoint(
+    tiny_data, tmp_path
+):
+    pause = {"class_path": "tests.step_hooks.PausesAfterEachEpoch", "init_args": {"seconds": 0.5}}
+    options = [*SHORT, "--trainer.max_epochs=3", f"--trainer.callbacks+={json.dumps(pause)}"]  # three epochs
+    spec, out = write_spec(tmp_path, {"data.batch_size": [16, 32]}, options=options), tmp_path / "sweep"
     cmd = sweep_cmd(spec, out, tiny_data, workers=1)
     first = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 300
-    while not (out / "runs" / "trial_1").exists() and time.time() < deadline:  # one trial done, the next under way
-        time.sleep(0.2)
-    assert (out / "runs" / "trial_1").exists()
-    time.sleep(1)  # inside trial 1's run (a trial takes seconds)
+    killed_run = out / "runs" / "trial_1"
+    while not list(killed_run.glob("seed*/version_0/checkpoints/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)  # one trial done, the next past its first epoch
+    (last,) = killed_run.glob("seed*/version_0/checkpoints/last.ckpt")
     os.killpg(first.pid, signal.SIGKILL)  # the sweep, its worker, its forkserver and the trial's run, at once
     first.wait()
+    epochs_before = torch.load(last, weights_only=True)["epoch"]
+    assert epochs_before < 2  # killed before its fit ended
     again = sweep_cmd(spec, out, tiny_data, workers=2)
     proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = rows(out)
-    complete = [(r["data.batch_size"], r["seed"]) for r in table if r["status"] == "complete"]
-    assert sorted(complete) == [("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")]  # each exactly once
-    interrupted = [r for r in table if r["status"] != "complete"]
-    assert interrupted and all(r["reason"] == "interrupted" for r in interrupted)
+    complete = [r for r in table if r["status"] == "complete"]
+    assert sorted((r["data.batch_size"], r["seed"]) for r in complete) == [
+        ("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")
+    ]  # each exactly once  # fmt: skip
+    (killed,) = [r for r in table if r["trial"] == "1"]
+    assert killed["status"] == "failed" and killed["reason"] == "interrupted"
     assert "interrupted trial(s) again" in proc.stderr
     assert "3 of 4 trials to run, 2 worker(s) on the CPU" in proc.stderr  # one finished before the kill
+    # the trial that ran the killed one's point again continued its fit in its folder, from its last
+    # checkpoint: one run folder, three epochs in all, as the uninterrupted fit would have
+    point = (killed["data.batch_size"], killed["seed"])
+    (continued,) = [r for r in complete if (r["data.batch_size"], r["seed"]) == point]
+    assert continued["run"] == str(killed_run) and continued["trial"] != "1"
+    seed_folder = killed_run / f"seed{killed['seed']}"
+    fit = json.loads((killed_run / "results" / f"seed{killed['seed']}_fit.json").read_text())
+    assert fit["status"] == "completed" and fit["checkpoints"]["loaded"] == str(last)
+    assert [p.name for p in seed_folder.iterdir()] == ["version_0"]
+    finished = torch.load(last, weights_only=True)
+    assert finished["epoch"] == 2 and finished["global_step"] == 3 * 2 * 8  # 2 batches of 8 steps per epoch
 
 
 @pytest.mark.parametrize(

@@ -80,16 +80,32 @@ def sweep_storage(url: str, spec: SweepSpec, machine: Machine):
     # the heartbeat is experimental in Optuna's terms; aelight's tests hold the behaviour it relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     heartbeat, grace = machine.heartbeats()
-    return optuna.storages.RDBStorage(
+    return rdb_storage(
         url, heartbeat_interval=heartbeat, grace_period=grace,
         heartbeat_stale_trial_callback=lambda study, trial: queue_missing(study, spec),
     )  # fmt: skip
 
 
+def rdb_storage(url: str, attempts: int = 8, **options) -> "optuna.storages.RDBStorage":
+    """Optuna's ``RDBStorage`` at ``url``, also when several machines open a new database at once:
+    each then creates Optuna's tables, and on PostgreSQL all but one fail on a type or table the
+    first made (a unique-key or duplicate-object error). Creating them is one transaction there,
+    so a second try finds them whole and only reads them."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **options)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 def open_storage(url: str):
     """Optuna's storage at ``url``; one clear error when it cannot be opened."""
     try:
-        return optuna.storages.get_storage(url)
+        return rdb_storage(url)
     except Exception as err:  # SQLAlchemy's and the database drivers' errors have no common base
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(

@@ -15,12 +15,14 @@ from typing import Optional
 import optuna
 
 from aelight import run_result
+from aelight.sweep import study as sweep_study
 from aelight.sweep.spec import APP_DATA_OPTIONS, APPLIED, SweepSpec, encode, linked_value, option, trial_options
-from aelight.sweep.study import RUNNING_HERE, SPARE, Machine, taken_by_another
+from aelight.sweep.study import RUNNING_HERE, SPARE, Machine, interrupted, taken_by_another
 from aelight.sweep.trial_process import BEST_CHECKPOINT, TrialCommand
 from aelight.sweep.trial_process import run_commands as run_in_child
 
 TRIAL_ENV = "AELIGHT_SWEEP_TRIAL"  # storage URL, study name and trial number, for a run's pruning callback
+LAST_CHECKPOINTS = "version_*/checkpoints/last.ckpt"  # under a seed's folder: its runs' last checkpoints
 PRUNING_CALLBACK = '--trainer.callbacks+={"class_path": "aelight.sweep.pruning.SweepPruning"}'
 
 
@@ -28,9 +30,12 @@ class TrialFailed(Exception):
     """A trial's run ended without its metric; the message is the one-line reason."""
 
 
-def trial_commands(spec: SweepSpec, params: dict, seed: int, run_root: Path, extra: list[str]) -> list[TrialCommand]:
+def trial_commands(
+    spec: SweepSpec, params: dict, seed: int, run_root: Path, extra: list[str], resume: Optional[Path] = None
+) -> list[TrialCommand]:
     """The aelight commands of one trial and seed (fit then test, or anomaly), each with the file
-    its result.json goes to."""
+    its result.json goes to; the fit continues from ``resume`` (an interrupted attempt's last
+    checkpoint in ``run_root``) when given."""
     configs = [*spec.config, *([params["config"]] if "config" in params else [])]
     options = [option(k, v) for k, v in params.items() if k not in ("config", "seed")]
     options += [option(target, linked_value(link, params)) for target, link in spec.link.items()]
@@ -46,6 +51,8 @@ def trial_commands(spec: SweepSpec, params: dict, seed: int, run_root: Path, ext
         return [TrialCommand(argv, result_file("anomaly"))]
     name = [f"--trainer.logger.init_args.name=seed{seed}"]
     fit = ["fit", *common, *logged, *name, f"--seed_everything={seed}"]
+    if resume is not None:
+        fit.append(f"--ckpt_path={resume}")
     if spec.prune and spec.search:
         fit.append(PRUNING_CALLBACK)
     commands = [TrialCommand(fit, result_file("fit"))]
@@ -60,15 +67,56 @@ def trial_commands(spec: SweepSpec, params: dict, seed: int, run_root: Path, ext
     return commands
 
 
-def run_seed(commands: list[TrialCommand], env: dict, log: Path) -> dict:
+def earlier_attempt(trial, spec: SweepSpec) -> Optional[Path]:
+    """The run folder of the newest interrupted trial of this setting whose fits left a last
+    checkpoint, or None. This trial continues those runs in that folder: Lightning keeps a run's
+    record of its best checkpoint only where the run wrote it, so a run continued elsewhere could
+    name a worse checkpoint best than the uninterrupted run would have. An application that trains
+    inside its own command (``anomaly``) starts again."""
+    if spec.command == "anomaly":
+        return None
+    mine = sweep_study.key(trial.params)
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and interrupted(t)]
+    for t in sorted(earlier, key=lambda t: t.number, reverse=True):
+        run = t.user_attrs.get("run")
+        if run and sweep_study.key(t.params) == mine and any(Path(run).glob(f"seed*/{LAST_CHECKPOINTS}")):
+            return Path(run)
+    return None
+
+
+def last_checkpoint(seed_folder: Path) -> Optional[Path]:
+    """The newest run's last.ckpt under one seed's folder (``seed<n>/version_<k>/checkpoints/``), or None."""
+    found = list(seed_folder.glob(LAST_CHECKPOINTS))
+    return max(found, key=lambda p: int(p.parent.parent.name.removeprefix("version_"))) if found else None
+
+
+def completed_fit(command: TrialCommand) -> Optional[run_result.RunResult]:
+    """The result of an interrupted attempt's fit that had completed (its test or application had
+    not), or None: continuing that fit from its last checkpoint would train no epoch and log nothing."""
+    if command.argv[0] != "fit":
+        return None
+    try:
+        result = run_result.read(command.result_file)
+    except (OSError, ValueError):
+        return None
+    return result if result.status == run_result.COMPLETED else None
+
+
+def run_seed(commands: list[TrialCommand], env: dict, log: Path, continued: bool = False) -> dict:
     """Runs one seed's commands in a fresh child of the worker's warm process, and returns the
     metrics their results hold (a later command's name wins). A run that did not complete raises
-    TrialFailed (or optuna.TrialPruned) with its own one-line reason."""
+    TrialFailed (or optuna.TrialPruned) with its own one-line reason. ``continued``: the commands
+    continue an interrupted attempt's, whose completed fit is kept rather than run again."""
     Path(commands[0].result_file).parent.mkdir(parents=True, exist_ok=True)
+    fitted = completed_fit(commands[0]) if continued else None
+    metrics: dict = fitted.all_metrics() if fitted else {}
+    if fitted:
+        best = fitted.checkpoints.get("best") or BEST_CHECKPOINT  # none: the command says the fit wrote none
+        commands = [TrialCommand([a.replace(BEST_CHECKPOINT, best) for a in c.argv], c.result_file) for c in commands]
+        commands = commands[1:]
     for command in commands:  # a result left by an earlier attempt says nothing of this one
         Path(command.result_file).unlink(missing_ok=True)
-    code = run_in_child(commands, env, str(log))
-    metrics: dict = {}
+    code = run_in_child(commands, env, str(log)) if commands else 0
     for command in commands:
         try:
             result = run_result.read(command.result_file)
@@ -126,9 +174,13 @@ def run_trial(
     trial, params: dict, seeds: list, spec: SweepSpec, out: Path, extra: list[str], env: dict, storage: str,
     machine: Optional[Machine] = None,
 ):  # fmt: skip
-    """One trial as ordinary aelight runs under ``<out>/runs/trial_<n>/``: the mean of its metric over seeds."""
-    run_root = out / "runs" / f"trial_{trial.number}"
-    run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
+    """One trial as ordinary aelight runs under ``<out>/runs/trial_<n>/`` (or, when it runs again the
+    setting of an interrupted trial whose fits left last checkpoints, under that trial's folder,
+    each fit continuing from its last checkpoint): the mean of its metric over seeds."""
+    continued = earlier_attempt(trial, spec)
+    run_root = continued or out / "runs" / f"trial_{trial.number}"
+    if continued is None:
+        run_root.mkdir(parents=True, exist_ok=False)  # each trial its own folder, whatever worker runs it
     trial.set_user_attr("run", str(run_root))
     gpu = env.get("CUDA_VISIBLE_DEVICES")  # the worker's pinning (worker_placement)
     trial.set_user_attr("device", f"{(machine or Machine()).name} {f'gpu {gpu}' if gpu else 'cpu'}")
@@ -136,7 +188,13 @@ def run_trial(
     start, values, per_seed = time.time(), [], {}
     try:
         for seed in seeds:
-            metrics = run_seed(trial_commands(spec, params, seed, run_root, extra), env, run_root / "output.log")
+            resume = last_checkpoint(run_root / f"seed{seed}") if continued else None
+            if resume is not None:
+                trial.set_user_attr("resumed", {**trial.user_attrs.get("resumed", {}), str(seed): str(resume)})
+                with open(run_root / "output.log", "a") as log:
+                    log.write(f"aelight sweep: trial {trial.number} continues seed {seed}'s fit from {resume}\n")
+            commands = trial_commands(spec, params, seed, run_root, extra, resume=resume)
+            metrics = run_seed(commands, env, run_root / "output.log", continued=resume is not None)
             per_seed[str(seed)] = {m: metrics.get(m) for m in spec.report}
             value = metrics.get(spec.metric)
             if value is None:
