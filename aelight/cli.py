@@ -20,7 +20,7 @@ from typing import Optional
 
 from jsonargparse import dict_to_namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -113,6 +113,19 @@ def parser_reason(message: str) -> str:
     while NESTED_KEY.search(reason):
         reason = NESTED_KEY.sub(r'Parser key "\1.\2', reason)
     return reason[:500]
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Lightning's parser with its errors in one line, ``aelight: error: <what is wrong>`` and where
+    the options are listed, exit 2: jsonargparse prints the whole usage, a hundred lines, before
+    the error, and a mistyped key of the data or model as the list of every class it tried."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):  # parsing inside, or debugging
+            super().error(message, ex)
+        self.logger.error(message)  # the reason a run's result.json records
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        exit_with_error(f"{parser_reason(message)} ({prog} --help lists the options)", code=2)
 
 
 def image_shape_of(data: ImageDataModule) -> list[int]:
@@ -472,6 +485,8 @@ def build_cli(args: Optional[list] = None, run: bool = True, cli_class: type = A
             "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "lightning_logs", "name": "auto"}},
             "callbacks": [TensorBoardRun()],  # added to every run's callbacks: step axis, HParams
         },
+        parser_class=OneLineErrorParser,
+        parser_kwargs={"prog": "aelight"},  # as the user typed it, not ``__main__.py``
         args=args,
         run=run,
     )
