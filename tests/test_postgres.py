@@ -157,11 +157,10 @@ def test_machines_opening_a_new_database_at_once_all_open_it(server):
     assert opened[0].get_all_studies() == []  # the tables are whole: the storage reads them
 
 
-@pytest.mark.slow  # the killed machine's test below shares a study between two machines as well
 def test_two_machines_share_one_study_each_trial_completes_once(server, tiny_data, tmp_path):
     url, spec = server.database("two_machines"), write_spec(tmp_path, GRID, options=[*BRIEF, "--trainer.max_epochs=1"])
+    # started together on a new database: both create Optuna's tables and the study at once
     a = machine(spec, tmp_path / "a", tiny_data, url, "lab-a")
-    time.sleep(2)  # the second joins the study the first made
     b = machine(spec, tmp_path / "b", tiny_data, url, "lab-b")
     for proc in (a, b):
         code, err = finished(proc)
