@@ -112,8 +112,10 @@ def finished(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
 def trials(url: str, name: str = "spec"):
     import optuna
 
-    try:
-        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    from aelight.sweep.study import rdb_storage
+
+    try:  # opened as the sweep opens it: the test looks while the machines may be creating the tables
+        return optuna.load_study(study_name=name, storage=rdb_storage(url)).get_trials(deepcopy=False)
     except KeyError:  # the sweep has not made its study yet
         return []
 
