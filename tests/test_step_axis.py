@@ -3,14 +3,11 @@ optimizer step), a later ``test`` writes at its checkpoint's step and replaces n
 ``log_every_n_steps`` and the progress bar count optimizer steps."""
 
 import glob
-import subprocess
-import sys
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelight.commands import main
-from tests.conftest import REPO
 
 
 def events(run_dir: str) -> EventAccumulator:
@@ -56,13 +53,10 @@ def test_test_results_stand_at_the_checkpoints_step_and_keep_fits_scalars(cli_ar
         assert scalar_steps(after, tag) == [best_step], tag
 
 
-def test_the_progress_bar_counts_optimizer_steps(cli_args):
+def test_the_progress_bar_counts_optimizer_steps(cli_args, capsys):
     args = [a for a in cli_args(batches=3) if "enable_progress_bar" not in a]
-    proc = subprocess.run(
-        [sys.executable, "-m", "aelight", "fit", "--config=configs/ae.yaml", "--engine.steps_per_batch=4", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["fit", "--config=configs/ae.yaml", "--engine.steps_per_batch=4", *args])
+    out = capsys.readouterr().out  # tqdm writes to stdout here
     # 3 Lightning batches of 4 optimizer steps each
-    assert "12/12" in proc.stdout and "step/s" in proc.stdout, proc.stdout[-2000:]  # tqdm writes to stdout here
-    assert "3/3 [" not in proc.stdout.split("Validation")[0]
+    assert "12/12" in out and "step/s" in out, out[-2000:]
+    assert "3/3 [" not in out.split("Validation")[0]
