@@ -160,8 +160,9 @@ class AELightCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:  # an instance's: Lightning calls it as self.subcommands()
-        """Lightning's subcommands, or only ``subcommand`` when the command line names it: a
-        subcommand's parser takes about a second to build, and a run needs only its own."""
+        """Lightning's subcommands, or only ``subcommand`` when the command line names it: Lightning
+        builds a parser for each, and a run needs only its own (building all four tripled the
+        time to parse ``aelight fit``)."""
         every = LightningCLI.subcommands()
         if self.only_subcommand in every:
             return {self.only_subcommand: every[self.only_subcommand]}
