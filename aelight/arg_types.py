@@ -6,15 +6,15 @@ from typing import Callable
 
 def whole_number(minimum: int, unit: str = "") -> Callable[[str], int]:
     """argparse type: a whole number of at least ``minimum`` (of ``unit``, named in its messages)."""
-    of_unit = f" {unit}" if unit else ""
+    number, least = (f"whole number of {unit}", f"{minimum} {unit}") if unit else ("whole number", f"{minimum}")
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{' of ' + unit if unit else ''}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {number}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}{of_unit}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
         return value
 
     return parse

@@ -112,8 +112,8 @@ def run_seed(commands: list[TrialCommand], env: dict, log: Path, continued: bool
     metrics: dict = fitted.all_metrics() if fitted else {}
     if fitted:
         best = fitted.checkpoints.get("best") or BEST_CHECKPOINT  # none: the command says the fit wrote none
-        commands = [TrialCommand([a.replace(BEST_CHECKPOINT, best) for a in c.argv], c.result_file) for c in commands]
-        commands = commands[1:]
+        after_fit = commands[1:]
+        commands = [TrialCommand([a.replace(BEST_CHECKPOINT, best) for a in c.argv], c.result_file) for c in after_fit]
     for command in commands:  # a result left by an earlier attempt says nothing of this one
         Path(command.result_file).unlink(missing_ok=True)
     code = run_in_child(commands, env, str(log)) if commands else 0
