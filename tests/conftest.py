@@ -22,6 +22,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # the suite's processes share the cor
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("AELIGHT_REAL_DATA", REPO / "data"))  # the folder README's commands use
 
+# The suite's processes each take a whole test file and hold the next one waiting (pytest-xdist's
+# --dist loadfile). The files are handed out longest first, the waiting ones matched to the running
+# ones so that the processes end together; a file not named here follows, in collection order. Left
+# to xdist (files with the most tests first), the long files with few tests started last and one
+# process ran on alone at the end.
+LONGEST_FIRST = ("test_cli.py", "test_trust_boundary.py", "test_sweep_runs.py", "test_ddp.py", "test_sweep.py",
+                 "test_postgres.py", "test_apps.py", "test_reliability.py", "test_folder.py", "test_models.py",
+                 "test_real_data.py", "test_fast_path.py", "test_tensorboard.py", "test_deploy.py",
+                 "test_step_axis.py", "test_run_result.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests as written
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (magic 0x0000080N, big-endian dims, raw bytes)."""

@@ -2,6 +2,7 @@
 import nothing, runs started together never share a folder, nothing written is ever torn, and every
 user mistake is one ``aelight: error:`` line with a non-zero exit code."""
 
+import json
 import os
 import signal
 import subprocess
@@ -33,10 +34,79 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
-def run_all(cmds: list[list[str]], **kw) -> list[tuple[int, str, str]]:
-    """Runs the commands at the same time (each a fresh process) and returns (code, stdout, stderr) of each."""
-    procs = [start(c, **kw) for c in cmds]
-    return [finish(p) for p in procs]
+FORKED_RUNS_DRIVER = textwrap.dedent(
+    """
+    # Imports aelight and, through it, torch and Lightning once, then forks a process for each
+    # command line of the JSON file argv[1]: the i-th writes its output to i.out and i.err in the
+    # folder argv[2] and exits with the command's exit code. Given argv[3], each first says it is
+    # ready (i.ready) and waits for that file to appear, so their runs start within milliseconds of
+    # each other, and creating a run folder is slowed down (as on a network file system), which
+    # widens any gap between choosing a version number and creating its folder.
+    import json, os, pathlib, sys, time, traceback
+
+    commands, folder = json.loads(pathlib.Path(sys.argv[1]).read_text()), pathlib.Path(sys.argv[2])
+    go = pathlib.Path(sys.argv[3]) if len(sys.argv) > 3 else None
+    if go:
+        real_mkdir = os.mkdir
+
+        def slow_mkdir(path, *args, **kwargs):
+            if os.path.basename(os.fspath(path)).startswith("version_"):
+                time.sleep(0.5)
+            return real_mkdir(path, *args, **kwargs)
+
+        os.mkdir = slow_mkdir
+    import aelight.cli  # noqa: F401
+    from aelight.commands import main
+
+    children = []
+    for index, argv in enumerate(commands):
+        pid = os.fork()
+        if pid:
+            children.append(pid)
+            continue
+        code = 1
+        try:
+            for fd, suffix in ((1, "out"), (2, "err")):
+                os.dup2(os.open(folder / f"{index}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            if go:
+                (folder / f"{index}.ready").touch()
+                while not go.exists():
+                    time.sleep(0.001)
+            main(argv)
+            code = 0
+        except SystemExit as exit_:  # as the interpreter ends a process: a message printed, exit 1
+            if exit_.code is not None and not isinstance(exit_.code, int):
+                print(exit_.code, file=sys.stderr)
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except BaseException:  # as the interpreter prints an uncaught exception
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]))
+    """
+)
+
+
+def forked_runs(commands: list[list[str]], folder: Path, together: bool = False) -> list[tuple[int, str, str]]:
+    """Runs the ``aelight`` command lines, each in a process of its own forked from one that
+    imported aelight once (the sweep's trials start the same way); with ``together``, their runs
+    start at the same moment. Returns (exit code, stdout, stderr) of each."""
+    folder.mkdir(parents=True)
+    (folder / "commands.json").write_text(json.dumps(commands))
+    go = folder / "go"
+    driver = start([sys.executable, "-c", FORKED_RUNS_DRIVER, str(folder / "commands.json"), str(folder),
+                    *([str(go)] if together else [])])  # fmt: skip
+    if together:
+        deadline = time.time() + 120
+        while len(list(folder.glob("*.ready"))) < len(commands) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.01)
+        go.touch()
+    code, out, err = finish(driver)
+    assert code == 0, err[-3000:]
+    codes = json.loads(out.splitlines()[-1])
+    return [(c, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text()) for i, c in enumerate(codes)]
 
 
 def assert_one_line_error(code: int, err: str, *needles: str, exit_code: int = 1) -> None:
@@ -231,40 +301,9 @@ def test_a_class_the_command_names_itself_is_trusted_in_its_checkpoints(tiny_dat
 # --- runs never collide and never lose their record -----------------------------------------------------
 
 
-SAME_MOMENT_DRIVER = textwrap.dedent(
-    """
-    # Imports aelight, says so (touches argv[1]), waits for argv[2] to appear, then runs the command:
-    # several of these start their runs within milliseconds of each other. Creating a run folder is
-    # slowed down (as on a network file system), which widens any gap between choosing a version
-    # number and creating its folder.
-    import os, pathlib, sys, time
-    real_mkdir = os.mkdir
-
-    def slow_mkdir(path, *args, **kwargs):
-        if os.path.basename(os.fspath(path)).startswith("version_"):
-            time.sleep(0.5)
-        return real_mkdir(path, *args, **kwargs)
-
-    os.mkdir = slow_mkdir
-    from aelight.commands import main
-    pathlib.Path(sys.argv[1]).touch()
-    while not pathlib.Path(sys.argv[2]).exists():
-        time.sleep(0.001)
-    main(sys.argv[3:])
-    """
-)
-
-
 def test_three_runs_started_together_get_three_folders_and_intact_checkpoints(tiny_data, tmp_path):
-    logs, go = tmp_path / "logs", tmp_path / "go"
-    args = tiny_args(tiny_data, logs, "fit", CONFIG)
-    ready = [tmp_path / f"ready{i}" for i in range(3)]
-    procs = [start([sys.executable, "-c", SAME_MOMENT_DRIVER, str(r), str(go), *args]) for r in ready]
-    deadline = time.time() + 120
-    while not all(r.exists() for r in ready) and time.time() < deadline:
-        time.sleep(0.01)
-    go.touch()
-    results = [finish(p) for p in procs]
+    logs = tmp_path / "logs"
+    results = forked_runs([tiny_args(tiny_data, logs, "fit", CONFIG)] * 3, tmp_path / "runs", together=True)
     assert [r[0] for r in results] == [0, 0, 0], [r[2][-2000:] for r in results]
     dirs = run_dirs(logs, "ae")
     assert [d.name for d in dirs] == ["version_0", "version_1", "version_2"]
@@ -474,8 +513,8 @@ def test_config_mistakes_are_one_line_and_exit_1(case, tiny_data, tmp_path, caps
 
 def test_config_mistakes_in_a_real_process_have_no_traceback(tiny_data, tmp_path):
     cases = ["decoder does not fit the encoder", "negative lr"]  # wrapped by jsonargparse; raised inside fit
-    cmds = [aelight_cmd(*tiny_args(tiny_data, tmp_path / "logs", "fit", CONFIG), *CONFIG_MISTAKES[c][0]) for c in cases]
-    for case, (code, _, err) in zip(cases, run_all(cmds)):
+    cmds = [[*tiny_args(tiny_data, tmp_path / "logs", "fit", CONFIG), *CONFIG_MISTAKES[c][0]] for c in cases]
+    for case, (code, _, err) in zip(cases, forked_runs(cmds, tmp_path / "runs")):
         assert_one_line_error(code, err, CONFIG_MISTAKES[case][1])
         assert [line for line in err.splitlines() if "error" in line.lower()] == [
             line for line in err.splitlines() if line.startswith("aelight: error: ")
