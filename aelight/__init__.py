@@ -11,6 +11,7 @@ __all__ = [
     "DenoisingAE",
     "SparseAE",
     "VAE",
+    "HierarchicalVAE",
     "WTAAE",
     "UMAPAE",
     "MNISTDataModule",

@@ -37,10 +37,12 @@ def test_configs_folder_has_every_variant():
 
 
 # configs whose model, networks and data a sibling config or test of the default suite already runs
-# (wider, deeper, deskewed or 2-D versions; the UMAP AE's fit in tests/test_umap.py): run with -m slow
+# (wider, deeper, deskewed or 2-D versions; the UMAP AE's fit in tests/test_umap.py; the one-layer
+# IWAE's in tests/test_likelihood.py, its scheduler in likelihood/hvae_iwae5.yaml): run with -m slow
 SIBLING_COVERED = {"apps/wta_wide_features.yaml", "apps/wta_deskew_features.yaml", "apps/conv_dae_features.yaml",
                    "apps/umap_2d_deskew.yaml", "apps/umap_2d.yaml", "apps/vae_2d.yaml", "apps/conv_ae_deep.yaml",
-                   "likelihood/vae_iwae5_finetune.yaml", "likelihood/vae_iwae_arch.yaml"}  # fmt: skip
+                   "likelihood/vae_iwae5_finetune.yaml", "likelihood/vae_iwae_arch.yaml",
+                   "likelihood/vae_iwae5.yaml"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from aelight.components import MLPDecoder, MLPEncoder
+from aelight.components import MLP, MLPDecoder, MLPEncoder
 from aelight.data import DeviceBatches, MNISTDataModule
-from aelight.errors import DataError
-from aelight.models import VAE
+from aelight.errors import ConfigError, DataError
+from aelight.models import VAE, HierarchicalVAE
 
 
 def tiny_vae(latent: int = 1, **kw) -> VAE:
@@ -112,3 +112,89 @@ def test_nll_command_on_tiny_data(tiny_data, tmp_path):
     )
     report = json.loads(open(ckpt.replace("checkpoints/best.ckpt", "apps/nll/report.json")).read())
     assert report["test_images"] == 200 and 0 < report["test_nll_nats"] <= report["test_minus_elbo_nats"] + 1.0
+
+
+# --- two stochastic layers ---------------------------------------------------------------------------
+
+
+def tiny_hierarchical_vae(first: int = 1, second: int = 1, **kw) -> HierarchicalVAE:
+    torch.manual_seed(0)
+    return HierarchicalVAE(
+        MLPEncoder(2 * first, [16], image_shape=(1, 4, 4), final_activation=None, activation="tanh"),
+        MLPDecoder(first, [16], image_shape=(1, 4, 4), activation="tanh"),
+        MLP(first, 2 * second, [8], activation="tanh"),
+        MLP(second, 2 * first, [8], activation="tanh"),
+        **kw,
+    ).eval()
+
+
+def test_two_layer_log_weights_are_the_densities_of_torch_distributions(binary_images):
+    model, x = tiny_hierarchical_vae(first=3, second=2), binary_images[:5]
+    torch.manual_seed(5)
+    d = model.draws(x, 4)
+    h1, h2 = d["h1"], d["h2"]
+    with torch.no_grad():
+        mu1, logvar1 = model.encoder(x).chunk(2, -1)
+        mu2, logvar2 = model.top_encoder(h1).chunk(2, -1)
+        prior_mu1, prior_logvar1 = model.top_decoder(h2).chunk(2, -1)
+        logits = model.decoder(h1.reshape(-1, 3)).reshape(4, 5, -1)
+    normal = torch.distributions.Normal
+    log_q = normal(mu1, (0.5 * logvar1).exp()).log_prob(h1).sum(-1) + normal(mu2, (0.5 * logvar2).exp()).log_prob(
+        h2
+    ).sum(-1)
+    log_prior = normal(prior_mu1, (0.5 * prior_logvar1).exp()).log_prob(h1).sum(-1) + normal(0.0, 1.0).log_prob(h2).sum(
+        -1
+    )
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1).expand(4, -1, -1)).sum(-1)
+    torch.testing.assert_close(d["log_q"], log_q, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(d["log_prior"], log_prior, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(d["log_px"], log_px, rtol=1e-5, atol=1e-4)
+    assert h1.shape == (4, 5, 3) and h2.shape == (4, 5, 2)
+    assert not torch.equal(h1[0], h1[1])  # each draw its own
+
+
+@torch.no_grad()
+def quadrature_two_layer_log_px(model: HierarchicalVAE, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) = log of the double integral of p(x|h1) p(h1|h2) N(h2; 0, 1) over a grid of the two
+    1-D latents."""
+    grid = torch.linspace(-8, 8, 1601)
+    step = (grid[1] - grid[0]).item()
+    logits = model.decoder(grid[:, None]).repeat(len(x), 1, 1, 1)
+    log_px_h1 = -model.reconstruction_nll(x.repeat_interleave(len(grid), 0), logits).reshape(len(x), -1)
+    mu, logvar = model.top_decoder(grid[:, None]).chunk(2, -1)  # p(h1 | h2) for each h2 of the grid
+    normal = torch.distributions.Normal
+    log_h1_h2 = normal(mu, (0.5 * logvar).exp()).log_prob(grid[None, :])  # (h2, h1)
+    log_joint_latents = log_h1_h2 + normal(0.0, 1.0).log_prob(grid)[:, None]
+    log_p_h1 = torch.logsumexp(log_joint_latents, 0) + math.log(step)  # p(h1), h2 integrated out
+    return torch.logsumexp(log_px_h1 + log_p_h1[None], 1) + math.log(step)
+
+
+def test_two_layer_importance_sampled_likelihood_matches_quadrature(binary_images):
+    model, x = tiny_hierarchical_vae(), binary_images[:6]
+    exact = quadrature_two_layer_log_px(model, x)
+    torch.manual_seed(1)
+    estimate = model.log_likelihood(x, samples=20000, chunk=4000)
+    assert torch.allclose(estimate, exact, atol=0.03), (estimate, exact)
+    torch.manual_seed(2)
+    minus_elbo = -model.log_weights(x, 4000).mean(0)
+    assert (minus_elbo > -exact + 0.01).all()  # the ELBO is a strict bound here: q is not the posterior
+
+
+def test_two_layer_iwae_objective_is_a_tighter_bound_and_trains_every_network(binary_images):
+    model = tiny_hierarchical_vae(first=2, second=2, iwae_samples=20).train()
+    torch.manual_seed(4)
+    terms = model.training_terms(binary_images)
+    assert torch.equal(terms["loss"], -terms["iwae_bound"]) and terms["iwae_bound"] > terms["elbo"]
+    terms["loss"].backward()
+    for name in ("encoder", "decoder", "top_encoder", "top_decoder"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, name).parameters()), name
+    assert model.eval().sample(7).shape == (7, 1, 4, 4)
+
+
+def test_two_layer_networks_that_do_not_fit_are_named_with_their_fix():
+    with pytest.raises(ConfigError, match="top_encoder.init_args.in_features to 2"):
+        HierarchicalVAE(MLPEncoder(4, [8], image_shape=(1, 4, 4), final_activation=None),
+                        MLPDecoder(2, [8], image_shape=(1, 4, 4)), MLP(3, 2), MLP(1, 4))  # fmt: skip
+    with pytest.raises(ConfigError, match="top_decoder.init_args.in_features to 1 and out_features to 4"):
+        HierarchicalVAE(MLPEncoder(4, [8], image_shape=(1, 4, 4), final_activation=None),
+                        MLPDecoder(2, [8], image_shape=(1, 4, 4)), MLP(2, 2), MLP(1, 2))  # fmt: skip

@@ -7,9 +7,10 @@ Decoders return logits; the model applies the output link (a sigmoid for pixels 
 
 from aelight.components.conv import ConvDecoder, ConvEncoder, ConvMapDecoder, ConvMapEncoder
 from aelight.components.deskew import Deskewed, deskewed
-from aelight.components.mlp import MLPDecoder, MLPEncoder
+from aelight.components.mlp import MLP, MLPDecoder, MLPEncoder
 
 __all__ = [
+    "MLP",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",

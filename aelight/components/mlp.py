@@ -1,4 +1,5 @@
-"""Fully connected encoder and decoder for flattened images."""
+"""Fully connected networks: the encoder and decoder for flattened images, and a network from
+one vector to another (between the stochastic layers of a hierarchical VAE)."""
 
 import math
 from collections.abc import Sequence
@@ -93,3 +94,24 @@ class MLPDecoder(nn.Module):
     def set_output_bias(self, mean_image: Tensor) -> None:
         """Make a zero code decode to ``mean_image`` (pixels in [0, 1])."""
         self.net[-2].bias.copy_(logit(mean_image).flatten())
+
+
+class MLP(nn.Module):
+    """Linear layers ``in_features -> hidden_dims... -> out_features`` on vectors (a code to a code),
+    with ``activation`` between them and ``final_activation`` (none by default) on the output."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_dims: Sequence[int] = (),
+        activation: str = "relu",
+        final_activation: Optional[str] = None,
+    ):
+        super().__init__()
+        check_sizes("MLP", in_features=in_features, out_features=out_features, hidden_dims=list(hidden_dims))
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp([in_features, *hidden_dims, out_features], activation, final_activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
