@@ -372,6 +372,16 @@ def test_each_worker_is_pinned_to_its_gpu_or_to_none_with_its_share_of_the_cores
     assert options == ["--trainer.accelerator=cpu"]
 
 
+def test_each_worker_takes_its_share_of_the_cores_unless_omp_num_threads_says_how_many(monkeypatch):
+    monkeypatch.setattr(sweep_workers.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [sweep_workers.threads_per_worker(n) for n in (1, 3, 4, 32)] == [16, 5, 4, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's (or a scheduler's) setting wins
+    assert [sweep_workers.threads_per_worker(n) for n in (1, 4)] == [2, 2]
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a thread count: the share again
+    assert sweep_workers.threads_per_worker(4) == 4
+
+
 CHILD = """
 import os, signal, sys, time
 from aelight.runtime import PARENT_ENV, stop_with_parent

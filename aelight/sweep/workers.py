@@ -81,6 +81,15 @@ def worker_placement(gpu: Optional[str], threads: int) -> tuple[dict, list[str]]
     return env | {"CUDA_VISIBLE_DEVICES": gpu}, ["--trainer.accelerator=gpu", "--trainer.devices=1"]
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` workers' share of the cores, or OMP_NUM_THREADS where the environment
+    sets it: the threads asked of every torch program started there, a sweep's runs included."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if asked.isdigit() and int(asked) > 0:
+        return int(asked)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def start_workers(places: list, base: list[str], extra: list[str], first_index: int = 0) -> list:
     """One worker process per entry of ``places`` (a GPU index, or None for the CPU), each with its
     share of the cores; each stops should this process be killed."""
@@ -89,8 +98,7 @@ def start_workers(places: list, base: list[str], extra: list[str], first_index: 
 
 def start_worker(gpu: Optional[str], workers: int, base: list[str], extra: list[str], index: int, fds=()):
     """A worker process (``workers`` of them share the cores); ``fds`` are handed on to it."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    env, accelerator = worker_placement(gpu, threads)
+    env, accelerator = worker_placement(gpu, threads_per_worker(workers))
     command = [*base, f"--worker_index={index}", *accelerator, *extra]
     if fds:
         command.insert(len(base), f"--check_fds={fds[0]},{fds[1]}")
