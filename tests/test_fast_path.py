@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from aelight.components import ConvDecoder, ConvEncoder
 from aelight.components.corruption import corrupt
 from aelight.data import MNISTDataModule
 from aelight.models import AE, DenoisingAE
@@ -111,6 +112,34 @@ def test_compiled_step_matches_the_eager_step_and_keeps_checkpoint_names(tiny_da
     eager_mse, _ = fit_and_test(tiny_data, AE(), epochs=1)
     assert steps == 16 and abs(mse - eager_mse) / eager_mse < 0.002, (mse, eager_mse)  # same start, same math
     assert set(compiled.state_dict()) == names  # checkpoints load into plain models
+
+
+def conv_ae() -> AE:
+    return AE(ConvEncoder(16, [8, 16]), ConvDecoder(16, [16, 8]))
+
+
+def test_channels_last_steps_match_the_default_layout_and_keep_checkpoints_loadable(tiny_data):
+    runs = {}
+    for layout in (True, False):
+        torch.manual_seed(0)
+        model, engine = conv_ae(), TrainingEngine(steps_per_batch=4, channels_last=layout)
+        runs[layout] = (model, *fit_and_test(tiny_data, model, epochs=1, engine=engine), engine)
+    fast, slow = runs[True], runs[False]
+    assert fast[3].layout == torch.channels_last and slow[3].layout is None
+    conv = fast[0].encoder.net[2].weight  # 8 -> 16 channels (one input channel fits both layouts)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()  # trained in it
+    assert fast[2] == slow[2] == 16 and abs(fast[1] - slow[1]) / slow[1] < 0.002, (fast[1], slow[1])  # same math
+    plain = conv_ae()
+    plain.load_state_dict(fast[0].state_dict())  # a checkpoint loads into the default layout
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, fast[0].state_dict()[name]) and value.is_contiguous(), name
+
+
+def test_channels_last_is_on_by_default_for_convolutions_on_the_cpu_only(tiny_data):
+    for model, expected in ((conv_ae(), torch.channels_last), (AE(), None)):
+        engine = TrainingEngine(steps_per_batch=2)
+        fit_and_test(tiny_data, model, epochs=1, engine=engine)
+        assert engine.layout == expected, type(model.encoder).__name__
 
 
 class StepHooks(L.Callback):

@@ -19,6 +19,10 @@ A model says what one training step computes (``AE.training_terms``: the loss te
   the graph holds the gradient all-reduce too (NCCL collectives can be captured), captured after
   DDP's first timed iterations.
 - ``compile_step: true``: each step's forward and loss through ``torch.compile``.
+- ``channels_last``: a model with 2-D convolutions keeps its convolution weights, and the engine
+  its training batches, in the channels-last layout, in which oneDNN's convolutions run faster on a
+  CPU (``scripts/bench_channels_last.py``). Unset, it is on for such a model trained on the CPU; the
+  weights keep their names and values, so checkpoints load into either layout.
 - no host sync per step: the loss terms of a batch's steps are stacked and summed on the device;
   ``self.log`` runs only when the logger writes.
 
@@ -54,6 +58,10 @@ from aelight.training.lightning_compat import (
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
+def has_convolutions(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in module.modules())
+
+
 @dataclass
 class EpochTerms:
     """The training loss terms of the epoch so far, kept on the device (a plain object: setting
@@ -67,10 +75,18 @@ class EpochTerms:
 class TrainingEngine(L.Callback):
     """Runs the optimizer steps of an aelight model; see the module's docstring."""
 
-    def __init__(self, steps_per_batch: int = 1, cuda_graph: bool = False, compile_step: bool = False):
+    def __init__(
+        self,
+        steps_per_batch: int = 1,
+        cuda_graph: bool = False,
+        compile_step: bool = False,
+        channels_last: Optional[bool] = None,
+    ):
         if steps_per_batch < 1:
             raise ConfigError(f"engine.steps_per_batch must be at least 1, got {steps_per_batch}")
         self.steps_per_batch, self.cuda_graph, self.compile_step = steps_per_batch, cuda_graph, compile_step
+        self.channels_last = channels_last
+        self.layout: Optional[torch.memory_format] = None  # of the training batches; decided in setup
         self.direct_steps = False  # decided when training starts
         self.graphed_step: Optional[GraphedStep] = None
         self._backward = Tensor.backward  # of a direct step; DDP's readies its all-reduce first
@@ -107,6 +123,11 @@ class TrainingEngine(L.Callback):
             self._log_every_n_steps = trainer.log_every_n_steps
         trainer.log_every_n_steps = max(1, round(self._log_every_n_steps / self.steps_per_batch))
         self._terms_fn = torch.compile(pl_module.training_terms) if self.compile_step else pl_module.training_terms
+        self.layout = None
+        wanted = trainer.strategy.root_device.type == "cpu" if self.channels_last is None else self.channels_last
+        if wanted and has_convolutions(pl_module):
+            self.layout = torch.channels_last
+            pl_module.to(memory_format=torch.channels_last)  # 4-D weights only; before the optimizer exists
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.drives_steps:
@@ -150,7 +171,8 @@ class TrainingEngine(L.Callback):
                     ready=lambda: self._batches > eager_batches,
                 )
         how = "replayed as CUDA graphs" if self.graphed_step else "direct" if self.direct_steps else "through Lightning"
-        rank_zero_info(f"aelight engine: {self.steps_per_batch} optimizer steps per batch, {how}")
+        layout = ", channels-last convolutions" if self.layout is not None else ""
+        rank_zero_info(f"aelight engine: {self.steps_per_batch} optimizer steps per batch, {how}{layout}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self.drives_steps:
@@ -172,6 +194,8 @@ class TrainingEngine(L.Callback):
         """The optimizer steps on one Lightning batch; returns ``term_names`` and ``step_terms``
         (one row per step) for the callbacks (FiniteLossGuard)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if self.layout is not None and x.dim() == 4:
+            x = x.contiguous(memory_format=self.layout)
         optimizer = pl_module.optimizers()
         self._batches += 1
         if self.graphed_step is not None:
