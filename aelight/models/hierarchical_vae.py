@@ -20,23 +20,12 @@ from torch import Tensor, nn
 
 from aelight.errors import ConfigError
 from aelight.models.autoencoder import build_network
-from aelight.models.vae import HALF_LOG_2PI, VAE
+from aelight.models.vae import VAE, draw, normal_log_density, standard_normal_log_density
 
 
-def normal_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, diag(exp(logvar))), summed over the last dimension. Written out: the checks of
-    torch.distributions sync with the host, which a CUDA-graph capture of the step cannot hold."""
-    return (-0.5 * (z - mu).pow(2) * torch.exp(-logvar) - 0.5 * logvar - HALF_LOG_2PI).sum(-1)
-
-
-def standard_normal_log_density(z: Tensor) -> Tensor:
-    """log N(z; 0, I), summed over the last dimension."""
-    return (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
-
-
-def draw(mu: Tensor, logvar: Tensor) -> Tensor:
-    """One reparameterised draw of N(mu, diag(exp(logvar)))."""
-    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+def log_weight(d: dict[str, Tensor]) -> Tensor:
+    """log p(x, h1, h2) - log q(h1, h2 | x) of each draw of ``HierarchicalVAE.draws``."""
+    return d["log_px"] + d["log_prior"] - d["log_q"]
 
 
 class HierarchicalVAE(VAE):
@@ -162,8 +151,7 @@ class HierarchicalVAE(VAE):
 
     def log_weights(self, x: Tensor, k: int, posterior: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """log p(x, h1, h2) - log q(h1, h2 | x) for ``k`` draws per image: shape (k, batch)."""
-        d = self.draws(x, k, posterior)
-        return d["log_px"] + d["log_prior"] - d["log_q"]
+        return log_weight(self.draws(x, k, posterior))
 
     def loss_terms(self, x: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
         d = self.draws(x, self.iwae_samples, (out["mu"], out["logvar"]))
@@ -174,8 +162,7 @@ class HierarchicalVAE(VAE):
         recon = out["recon"] if "recon" in out else torch.sigmoid(d["logits"][: len(x)]).reshape(x.shape)
         terms["recon_mse"] = F.mse_loss(recon.float(), x.float())
         if self.iwae_samples > 1:
-            log_w = d["log_px"] + d["log_prior"] - d["log_q"]
-            terms["iwae_bound"] = (torch.logsumexp(log_w, 0) - math.log(self.iwae_samples)).mean()
+            terms["iwae_bound"] = (torch.logsumexp(log_weight(d), 0) - math.log(self.iwae_samples)).mean()
             terms["loss"] = -terms["iwae_bound"]
         return terms
 

@@ -13,6 +13,23 @@ from aelight.models.autoencoder import AE, build_network
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+# Gaussian densities written out: torch.distributions validates its arguments with a host sync,
+# which a CUDA-graph capture of the training step cannot hold.
+def normal_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
+    return (-0.5 * (z - mu).pow(2) * torch.exp(-logvar) - 0.5 * logvar - HALF_LOG_2PI).sum(-1)
+
+
+def standard_normal_log_density(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
+
+
+def draw(mu: Tensor, logvar: Tensor) -> Tensor:
+    """One reparameterised draw of N(mu, diag(exp(logvar)))."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+
 class VAE(AE):
     """The encoder outputs ``2 * latent`` numbers: the posterior mean and log-variance.
 
@@ -88,7 +105,7 @@ class VAE(AE):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         mu, logvar = self.posterior(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+        z = draw(mu, logvar)
         logits = self.decoder(z)
         out = {"z": z, "mu": mu, "logvar": logvar, "logits": logits, "recon": torch.sigmoid(logits)}
         if not self.training:
@@ -128,10 +145,8 @@ class VAE(AE):
         mu, std = mu.float(), (0.5 * logvar.float()).exp()
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps
-        # Gaussian log-densities written out: torch.distributions validates its arguments with a
-        # host sync, which a CUDA-graph capture of the training step cannot hold.
-        log_q = (-0.5 * eps.pow(2) - std.log() - HALF_LOG_2PI).sum(-1)
-        log_prior = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
+        log_q = (-0.5 * eps.pow(2) - std.log() - HALF_LOG_2PI).sum(-1)  # N(z; mu, std), from its noise
+        log_prior = standard_normal_log_density(z)
         logits = self.decoder(z.reshape(-1, z.shape[-1]))
         xs = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = -self.reconstruction_nll(xs, logits).reshape(k, -1)
@@ -164,10 +179,5 @@ class VAE(AE):
         """Per-image -ELBO in nats (averaged over ``samples`` posterior draws)."""
         mu, logvar = self.posterior(x)
         kl = self.kl_divergence(mu, logvar)
-        nll = torch.stack(
-            [
-                self.reconstruction_nll(x, self.decoder(mu + torch.randn_like(mu) * (0.5 * logvar).exp()))
-                for _ in range(samples)
-            ]
-        ).mean(0)
+        nll = torch.stack([self.reconstruction_nll(x, self.decoder(draw(mu, logvar))) for _ in range(samples)]).mean(0)
         return nll + kl
