@@ -99,6 +99,24 @@ def test_resume_at_epoch_boundary_gives_the_same_weights_as_an_uninterrupted_run
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_a_likelihood_run_resumed_mid_schedule_ends_as_an_uninterrupted_one(cli_args, tmp_path):
+    # The likelihood configs train for more than one sitting: each training image is binarized anew
+    # from the RNG every epoch, the IWAE bound draws K codes a step and the learning rate decays per
+    # epoch, so all three must travel in the checkpoint for the resumed run to end where it would have.
+    base = ["--config=configs/likelihood/hvae_iwae5.yaml", "--trainer.deterministic=true"]
+    main(cli_args("fit", *base, "--trainer.logger.init_args.name=straight", epochs=3))
+    main(cli_args("fit", *base, "--trainer.logger.init_args.name=resumed", epochs=2))
+    main(cli_args("fit", *base, "--trainer.logger.init_args.name=resumed", "--ckpt_path=last", epochs=3))
+    straight = torch.load(ckpts(tmp_path, "straight")[-1], weights_only=True)
+    resumed = torch.load(ckpts(tmp_path, "resumed")[-1], weights_only=True)
+    assert straight["epoch"] == resumed["epoch"] == 2
+    assert straight["lr_schedulers"] == resumed["lr_schedulers"]
+    assert straight["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(1e-3 * 0.998160**3)
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for key in straight["state_dict"]:
+        assert torch.equal(straight["state_dict"][key], resumed["state_dict"][key]), key
+
+
 def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file_and_resume_completes(cli_args, tmp_path):
     args = cli_args("fit", "--config=configs/ae.yaml", epochs=4)
     folder = tmp_path / "logs" / "ae" / "version_0" / "checkpoints"
