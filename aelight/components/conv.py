@@ -113,7 +113,7 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).contiguous()  # the images' usual layout, whatever the weights' (engine.channels_last)
+        return self.net(z)
 
     @torch.no_grad()
     def set_output_bias(self, mean_image: Tensor) -> None:
@@ -178,7 +178,7 @@ class ConvMapDecoder(nn.Module):
         self.net = nn.Sequential(nn.ConvTranspose2d(in_features, image_shape[0], kernel_size, padding=kernel_size // 2))
 
     def forward(self, maps: Tensor) -> Tensor:
-        return self.net(maps).contiguous()  # the images' usual layout, whatever the weights' (engine.channels_last)
+        return self.net(maps)
 
     def paint(self, values: Tensor, positions: Tensor, size: tuple[int, int]) -> Tensor:
         """``forward`` of feature maps that are zero but for one value per map: ``values`` (B x maps)

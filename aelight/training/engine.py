@@ -22,7 +22,8 @@ A model says what one training step computes (``AE.training_terms``: the loss te
 - ``channels_last``: a model with 2-D convolutions keeps its convolution weights, and the engine
   its training batches, in the channels-last layout, in which oneDNN's convolutions run faster on a
   CPU (``scripts/bench_channels_last.py``). Unset, it is on for such a model trained on the CPU; the
-  weights keep their names and values, so checkpoints load into either layout.
+  weights keep their names and values, so checkpoints load into either layout, and the decoder's
+  images are handed on in the usual layout.
 - no host sync per step: the loss terms of a batch's steps are stacked and summed on the device;
   ``self.log`` runs only when the logger writes.
 
@@ -62,6 +63,13 @@ def has_convolutions(module: torch.nn.Module) -> bool:
     return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in module.modules())
 
 
+def in_usual_layout(module: torch.nn.Module, inputs, output):
+    """Forward hook on a channels-last model's decoder: its images go on to the loss, the metrics and
+    the applications in the usual (contiguous) layout, whatever decoder made them (torchmetrics,
+    for one, views them flat)."""
+    return output.contiguous() if isinstance(output, Tensor) else output
+
+
 @dataclass
 class EpochTerms:
     """The training loss terms of the epoch so far, kept on the device (a plain object: setting
@@ -87,6 +95,7 @@ class TrainingEngine(L.Callback):
         self.steps_per_batch, self.cuda_graph, self.compile_step = steps_per_batch, cuda_graph, compile_step
         self.channels_last = channels_last
         self.layout: Optional[torch.memory_format] = None  # of the training batches; decided in setup
+        self._usual_layout: Optional[torch.utils.hooks.RemovableHandle] = None  # on the decoder's output
         self.direct_steps = False  # decided when training starts
         self.graphed_step: Optional[GraphedStep] = None
         self._backward = Tensor.backward  # of a direct step; DDP's readies its all-reduce first
@@ -124,10 +133,16 @@ class TrainingEngine(L.Callback):
         trainer.log_every_n_steps = max(1, round(self._log_every_n_steps / self.steps_per_batch))
         self._terms_fn = torch.compile(pl_module.training_terms) if self.compile_step else pl_module.training_terms
         self.layout = None
+        if self._usual_layout is not None:
+            self._usual_layout.remove()
+            self._usual_layout = None
         wanted = trainer.strategy.root_device.type == "cpu" if self.channels_last is None else self.channels_last
         if wanted and has_convolutions(pl_module):
             self.layout = torch.channels_last
             pl_module.to(memory_format=torch.channels_last)  # 4-D weights only; before the optimizer exists
+            decoder = getattr(pl_module, "decoder", None)
+            if isinstance(decoder, torch.nn.Module):
+                self._usual_layout = decoder.register_forward_hook(in_usual_layout)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.drives_steps:
