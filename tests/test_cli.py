@@ -33,7 +33,7 @@ def checkpoints(tmp_path: Path, name: str) -> list[str]:
 def test_configs_folder_has_every_variant():
     assert {"ae.yaml", "denoising.yaml", "sparse_l1.yaml", "sparse_kl.yaml", "vae.yaml", "conv_ae.yaml"} <= set(CONFIGS)
     assert {"apps/ae_2d.yaml", "apps/umap_2d.yaml", "apps/wta_features.yaml", "anomaly/ae.yaml"} <= set(CONFIGS)
-    assert {"cpu.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
+    assert {"cpu.yaml", "cpu_bf16.yaml", "gpu_bf16.yaml", "ddp.yaml", "ddp_sim.yaml"} <= set(TRAINER_CONFIGS)
 
 
 # configs whose model, networks and data a sibling config or test of the default suite already runs
@@ -59,10 +59,10 @@ def test_every_config_fits_then_tests_from_its_checkpoint(config, cli_args, tmp_
     assert len(glob.glob(str(tmp_path / "logs" / name / "version_*"))) == 1
 
 
-@pytest.mark.parametrize("trainer_config", ["cpu.yaml", "gpu_bf16.yaml", "ddp.yaml"])
+@pytest.mark.parametrize("trainer_config", ["cpu.yaml", "cpu_bf16.yaml", "gpu_bf16.yaml", "ddp.yaml"])
 def test_trainer_configs_parse_and_cpu_runs(trainer_config, cli_args, tmp_path):
     # GPU configs are run with the accelerator switched to the CPU (same precision and the rest).
-    overrides = [] if trainer_config == "cpu.yaml" else ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+    overrides = [] if trainer_config.startswith("cpu") else ["--trainer.accelerator=cpu", "--trainer.devices=1"]
     if trainer_config == "ddp.yaml":
         overrides.append("--trainer.strategy=auto")
     run(cli_args("fit", "--config=configs/ae.yaml", f"--config=configs/trainer/{trainer_config}", *overrides))

@@ -17,7 +17,7 @@ from aelight.training.engine import TrainingEngine
 from tests.conftest import REPO
 
 
-def fit_and_test(tiny_data, model, epochs=3, engine=None, **data_kw) -> tuple[float, int]:
+def fit_and_test(tiny_data, model, epochs=3, engine=None, precision="32-true", **data_kw) -> tuple[float, int]:
     """Fit then test; with a TrainingEngine, the data module serves its steps_per_batch batches at once."""
     L.seed_everything(0)
     steps = engine.steps_per_batch if engine is not None else 1
@@ -26,6 +26,7 @@ def fit_and_test(tiny_data, model, epochs=3, engine=None, **data_kw) -> tuple[fl
     )
     trainer = L.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
@@ -133,6 +134,21 @@ def test_channels_last_steps_match_the_default_layout_and_keep_checkpoints_loada
     plain.load_state_dict(fast[0].state_dict())  # a checkpoint loads into the default layout
     for name, value in plain.state_dict().items():
         assert torch.equal(value, fast[0].state_dict()[name]) and value.is_contiguous(), name
+
+
+def test_bf16_mixed_on_the_cpu_runs_convolutions_in_bfloat16_with_float32_weights_and_learns_alike(tiny_data):
+    # configs/trainer/cpu_bf16.yaml: autocast on the CPU, through the engine's direct channels-last steps
+    seen, mse = [], {}
+    for precision in ("bf16-mixed", "32-true"):
+        torch.manual_seed(0)
+        model = conv_ae()
+        hook = model.encoder.net[0].register_forward_hook(lambda m, i, out: seen.append((precision, out.dtype)))
+        mse[precision], steps = fit_and_test(tiny_data, model, epochs=1, engine=TrainingEngine(4), precision=precision)
+        hook.remove()
+        assert steps == 16 and all(p.dtype == torch.float32 for p in model.parameters()), precision
+    assert {dtype for p, dtype in seen if p == "bf16-mixed"} == {torch.bfloat16}
+    assert {dtype for p, dtype in seen if p == "32-true"} == {torch.float32}
+    assert abs(mse["bf16-mixed"] - mse["32-true"]) / mse["32-true"] < 0.03, mse
 
 
 def test_channels_last_is_on_by_default_for_convolutions_on_the_cpu_only(tiny_data):
