@@ -255,6 +255,11 @@ def test_results_tables_average_seeds_and_rank_settings():
              for d, pair in enumerate(((0.9, 0.7), (0.8, 0.6))) for s, a in enumerate(pair)]  # fmt: skip
     # the protocol's mean over digits per seed (0.85 and 0.65), then their mean and spread over seeds
     assert "over seeds 0.7500 ± 0.1414 (0: 0.8500, 1: 0.6500)" in sweep_results.results_markdown(seeds, one_class, "t")
+    # a per-pixel MSE keeps 3 significant digits and its spread 2 (0.0034 ± 0.0000 would hide both)
+    small = [{"trial": s, "status": "complete", "seed": s, "lr": 0.1, "test/mse": m}
+             for s, m in enumerate((0.00335, 0.003351, 0.003358))]  # fmt: skip
+    assert "| lr=0.1 | 3 | 0.0033530 ± 0.0000044 |" in sweep_results.results_markdown(small, spec, "t")
+    assert "| lr=0.1 | 1 | 0.00336 |" in sweep_results.results_markdown(small[2:], spec, "t")
     nested = [{"trial": 0, "status": "complete", "seed": 0, f"{CODE_SIZE}": 8, "test/mse": 0.3}]
     assert "| model.encoder.out_features=8 | 1 | 0.3000 |" in sweep_results.results_markdown(nested, spec, "t")
     searched = [{"trial": n, "status": "complete", "seed": 0, "lr": lr, "test/mse": 0.1 + n}

@@ -3,6 +3,7 @@ seeds per setting, best first; what did not complete and why), and the line prin
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -131,11 +132,21 @@ def shown_option(key: str) -> str:
 
 
 def mean_std(values: list) -> str:
+    """Mean ± std to 4 decimals, or to as many more as keep 3 significant digits of the mean and 2 of
+    the std: a per-pixel MSE of 0.00335 ± 0.0000042 must not read 0.0034 ± 0.0000."""
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    places = max(4, decimals_for(mean, 3), decimals_for(std, 2) if std is not None else 0)
+    return f"{mean:.{places}f}" if std is None else f"{mean:.{places}f} ± {std:.{places}f}"
+
+
+def decimals_for(value: float, significant: int) -> int:
+    """How many decimals show ``significant`` digits of ``value`` (at most 10; 0 for 0 or a non-finite value)."""
+    if not value or not math.isfinite(value):
+        return 0
+    return min(10, max(0, significant - 1 - math.floor(math.log10(abs(value)))))
 
 
 def progress_line(study, trial, spec: SweepSpec) -> str:
