@@ -108,7 +108,7 @@ def results_markdown(rows: list[dict], spec: SweepSpec, title: str, options: Opt
 
 def protocol_means(ranked: list, metric: str) -> dict:
     """Per seed, the mean of ``metric`` over every setting (for a one-class sweep, whose settings
-    each take one class as normal: the mean AUROC), for the seeds with a result in every setting."""
+    each take one class as normal: the mean AUROC), for each seed with a result in every setting."""
     by_seed: dict = {}
     for _, group in ranked:
         for row in group:
