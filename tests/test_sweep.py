@@ -358,6 +358,11 @@ def test_a_sweep_continued_with_other_trial_options_or_another_grid_is_refused(t
     sweep_study.check_same_trials(
         study, spec, ["--data.data_dir=/b/data", "--trainer.max_epochs=2"], "out"
     )  # another machine
+    sweep_study.check_same_trials(
+        study, spec, ["--data.data_dir=/c/data", "--trainer.max_epochs=2", "--engine.cuda_graph=true"], "out"
+    )  # a GPU machine replaying its steps as CUDA graphs: the same arithmetic
+    with pytest.raises(ConfigError, match="this command gives --trainer.max_epochs=2 --engine.compile_step=true"):
+        sweep_study.check_same_trials(study, spec, [*first, "--engine.compile_step=true"], "out")
     with pytest.raises(ConfigError, match="run with --trainer.max_epochs=2, this command gives --trainer.max_epochs=3"):
         sweep_study.check_same_trials(study, spec, ["--data.data_dir=/a/data", "--trainer.max_epochs", "3"], "out")
     wider = dataclasses.replace(spec, grid={"data.batch_size": [16, 32, 64]})
@@ -447,6 +452,43 @@ def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, s
     if space == "grid":  # each point and seed once, though Optuna's grid sampler hands out running points again
         assert len({sweep_study.key(t.params) for t in complete}) == 30
     assert len(sweep_results.result_rows(study, spec)) == 30  # spare trials (drawn, not run) are not results
+
+
+def _take_queued_trials(url: str, spec, worker_index: int, start, ran) -> None:
+    study = sweep_study.open_study(spec, "s", url, create=False, worker_index=worker_index)
+    start.wait()  # every worker asks for its first trial at the same moment
+
+    def run(trial, params, seeds):
+        ran.put((trial.number, params["data.batch_size"]))
+        time.sleep(0.2)
+        return 1.0
+
+    sweep_workers.run_trials(study, spec, run)
+
+
+def test_trials_queued_again_are_each_taken_by_one_worker_when_many_ask_at_once(tmp_path):
+    import multiprocessing
+
+    # A continued sweep's interrupted trials wait in the queue; on SQLite, which ignores the
+    # SELECT ... FOR UPDATE that Optuna takes a queued trial with, two workers asking at once took
+    # the same trial and ran it twice, into the same folder.
+    spec = dataclasses.replace(GRID, grid={"data.batch_size": list(range(1, 7))})
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = sweep_study.open_study(spec, "s", url, create=True)
+    for params in spec.planned_points():
+        study.enqueue_trial(params)
+    fork = multiprocessing.get_context("fork")
+    start, ran = fork.Barrier(6), fork.Queue()
+    workers = [fork.Process(target=_take_queued_trials, args=(url, spec, i, start, ran)) for i in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0] * 6
+    runs = [ran.get(timeout=5) for _ in range(6)]
+    assert ran.empty()
+    assert sorted(number for number, _ in runs) == list(range(6))  # no trial taken by two workers
+    assert sorted(size for _, size in runs) == list(range(1, 7))  # and each point run once
 
 
 def test_an_unforeseen_error_in_a_trial_fails_that_trial_with_its_reason_and_the_worker_goes_on(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import os
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
-from aelight.sweep.study import PRUNING_MONITOR, search_pruner
+from aelight.sweep.study import PRUNING_MONITOR, rdb_storage, search_pruner
 from aelight.sweep.trial import TRIAL_ENV
 
 __all__ = ["PRUNING_MONITOR", "SweepPruning"]
@@ -20,7 +20,7 @@ class SweepPruning(PyTorchLightningPruningCallback):
     def __init__(self, monitor: str = PRUNING_MONITOR):
         storage_url, study_name, number = json.loads(os.environ[TRIAL_ENV])
         # The sweep's pruner: a study loaded without one would judge with Optuna's default.
-        study = optuna.load_study(study_name=study_name, storage=storage_url, pruner=search_pruner())
-        storage = optuna.storages.get_storage(storage_url)
+        storage = rdb_storage(storage_url)
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=search_pruner())
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
         super().__init__(optuna.trial.Trial(study, trial_id), monitor=monitor)

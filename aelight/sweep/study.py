@@ -95,11 +95,33 @@ def rdb_storage(url: str, attempts: int = 8, **options) -> "optuna.storages.RDBS
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, **options)
+            storage = optuna.storages.RDBStorage(url, **options)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
+        else:
+            if storage.engine.dialect.name == "sqlite":
+                writes_one_at_a_time(storage.engine)
+            return storage
+
+
+def writes_one_at_a_time(engine) -> None:
+    """Makes each transaction on a SQLite database take its write lock when it begins. SQLite has no
+    ``SELECT ... FOR UPDATE``, with which Optuna lets one worker alone take a queued trial: without
+    the lock two workers that ask at once both read the trial as waiting and both run it. (SQLAlchemy's
+    recipe for SQLite transactions: the driver's own BEGIN off, aelight's ``BEGIN IMMEDIATE`` on.)"""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def no_driver_begin(dbapi_connection, record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_with_write_lock(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna set up its tables would begin the old way
 
 
 def open_storage(url: str):
@@ -151,17 +173,25 @@ def search_pruner():
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
 
 
+# Trial options that say how one machine runs a trial's steps, not what the trial computes: a GPU
+# machine of a study may replay its steps as CUDA graphs (the eager steps' arithmetic; on a CPU
+# the option does nothing), whatever the others do.
+MACHINE_OPTIONS = ("--engine.cuda_graph",)
+
+
 def check_same_trials(study, spec: SweepSpec, extra: list[str], out: str) -> bool:
     """A study continued by a later command (or joined from another machine) must run its trials as
     the first command did, or its table would mix them (and a changed grid would run finished
-    points again): the same spec and trial options, the data folder aside (each machine has its
-    own). A search may be given more ``trials``. Returns True when this command is the study's
-    first (it records how its trials run)."""
-    mine = json.loads(json.dumps({"spec": spec.settings(), "options": trial_options(extra)}))  # as stored
+    points again): the same spec and trial options, the data folder and ``MACHINE_OPTIONS`` aside
+    (each machine has its own). A search may be given more ``trials``. Returns True when this
+    command is the study's first (it records how its trials run)."""
+    options = [o for o in trial_options(extra) if not o.startswith(MACHINE_OPTIONS)]
+    mine = json.loads(json.dumps({"spec": spec.settings(), "options": options}))  # as stored
     recorded = study.user_attrs.get("trials_run_as")
     if recorded is None:
         study.set_user_attr("trials_run_as", mine)
         return True
+    recorded = {**recorded, "options": [o for o in recorded["options"] if not o.startswith(MACHINE_OPTIONS)]}
     if recorded == mine:
         return False
     if recorded["options"] != mine["options"]:
@@ -185,7 +215,7 @@ def requeue_interrupted(study, storage_url: str, spec: SweepSpec, machine: Optio
     visited), and a search queues each interrupted setting again. Returns how many interrupted
     trials were queued again."""
     host = (machine or Machine()).name
-    storage = optuna.storages.get_storage(storage_url)
+    storage = rdb_storage(storage_url)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         where = t.user_attrs.get(RUNNING_HERE, "")
