@@ -208,15 +208,21 @@ def option(key: str, value) -> str:
     return f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-def trial_options(extra: list[str], keep_data: bool = False) -> list[str]:
-    """The trial options of a sweep's command line, each as --key=value, without the data folder
-    (unless ``keep_data``)."""
+# Options that say where or how one machine runs a trial, not what the trial computes: its data
+# folder, and its steps replayed as CUDA graphs (the eager steps' arithmetic; nothing on a CPU).
+# The commands and machines of one study may differ in them.
+MACHINE_OPTIONS = ("--data.data_dir", "--engine.cuda_graph")
+
+
+def trial_options(extra: list[str], keep_machine: bool = False) -> list[str]:
+    """The trial options of a sweep's command line, each as --key=value, without ``MACHINE_OPTIONS``
+    (unless ``keep_machine``)."""
     options, i = [], 0
     while i < len(extra):
         given = extra[i]
         if "=" not in given and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
             given, i = f"{given}={extra[i + 1]}", i + 1
-        if keep_data or not given.startswith("--data.data_dir"):
+        if keep_machine or not given.startswith(MACHINE_OPTIONS):
             options.append(given)
         i += 1
     return options

@@ -173,25 +173,18 @@ def search_pruner():
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
 
 
-# Trial options that say how one machine runs a trial's steps, not what the trial computes: a GPU
-# machine of a study may replay its steps as CUDA graphs (the eager steps' arithmetic; on a CPU
-# the option does nothing), whatever the others do.
-MACHINE_OPTIONS = ("--engine.cuda_graph",)
-
-
 def check_same_trials(study, spec: SweepSpec, extra: list[str], out: str) -> bool:
     """A study continued by a later command (or joined from another machine) must run its trials as
     the first command did, or its table would mix them (and a changed grid would run finished
-    points again): the same spec and trial options, the data folder and ``MACHINE_OPTIONS`` aside
-    (each machine has its own). A search may be given more ``trials``. Returns True when this
+    points again): the same spec and trial options, ``MACHINE_OPTIONS`` aside (the data folder, CUDA-graph
+    steps: each machine has its own). A search may be given more ``trials``. Returns True when this
     command is the study's first (it records how its trials run)."""
-    options = [o for o in trial_options(extra) if not o.startswith(MACHINE_OPTIONS)]
-    mine = json.loads(json.dumps({"spec": spec.settings(), "options": options}))  # as stored
+    mine = json.loads(json.dumps({"spec": spec.settings(), "options": trial_options(extra)}))  # as stored
     recorded = study.user_attrs.get("trials_run_as")
     if recorded is None:
         study.set_user_attr("trials_run_as", mine)
         return True
-    recorded = {**recorded, "options": [o for o in recorded["options"] if not o.startswith(MACHINE_OPTIONS)]}
+    recorded = {**recorded, "options": trial_options(recorded["options"])}  # as an earlier aelight recorded them
     if recorded == mine:
         return False
     if recorded["options"] != mine["options"]:

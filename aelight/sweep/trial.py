@@ -60,7 +60,7 @@ def trial_commands(
         test = ["test", *common, *logged, *name, f"--seed_everything={seed}", f"--ckpt_path={BEST_CHECKPOINT}"]
         commands.append(TrialCommand(test, result_file("test")))
     if spec.command in APPLIED:  # the application on the best checkpoint, with the data the fit had
-        data = [o for o in trial_options([*spec.options, *extra], keep_data=True) if o.startswith(APP_DATA_OPTIONS)]
+        data = [o for o in trial_options([*spec.options, *extra], keep_machine=True) if o.startswith(APP_DATA_OPTIONS)]
         out = run_root / f"{spec.command}_seed{seed}"
         argv = [spec.command, f"--ckpt_path={BEST_CHECKPOINT}", *data, *spec.app_options, f"--out={out}"]
         commands.append(TrialCommand(argv, result_file(spec.command)))
