@@ -5,11 +5,18 @@ and report the AUROC per digit and their mean. A threshold at a percentile of th
 of normal images gives yes/no decisions (precision, recall, F1). ``scores.csv`` holds every test
 image's score and decision, so the figures can be recomputed from it.
 
-``--baseline pixel_nn`` trains nothing: an image's score is its Euclidean distance to the nearest
-training image of the digit, in raw pixels, the reference point of what learning adds.
+Two references for what learning adds, on the same inputs (raw pixels, or deskewed ones with
+``--data.deskew true``) and the same protocol:
+
+- ``--baseline knn --distance euclidean|cosine --k K`` trains nothing: an image's score is its mean
+  distance to its K nearest normal training images, pixel by pixel (``--baseline pixel_nn``, the
+  name of earlier releases, is its Euclidean K = 1 case);
+- ``--untrained`` scores with the config's own network at its initial weights, drawn from
+  ``--seed_everything`` as a fit's would be, and trains nothing.
 
     aelight anomaly --config configs/anomaly/restoration.yaml --data.data_dir data/ [any aelight fit option]
-    aelight anomaly --baseline pixel_nn --data.data_dir data/
+    aelight anomaly --baseline knn --distance cosine --k 5 --data.data_dir data/
+    aelight anomaly --config configs/anomaly/restoration.yaml --untrained --data.data_dir data/
 
 A config or option naming ``aelight.data.ImageFolderDataModule`` runs the folder protocol instead
 (``aelight.apps.folder_anomaly``): one run on ``train/good/``, every image of ``test/`` scored.
@@ -29,11 +36,11 @@ from torchmetrics.functional.classification import binary_auroc, binary_f1_score
 
 from aelight import safe_files
 from aelight.apps import common, folder_anomaly
-from aelight.apps.scorers import PixelNearestNeighbour, percentile, score_name
+from aelight.apps.scorers import BASELINES, DISTANCES, baseline_scorer, percentile, score_name
+from aelight.arg_types import whole_number
 from aelight.cli import build_cli, data_config
 from aelight.data.folder import ImageFolderDataModule
 
-BASELINES = ("pixel_nn",)
 SCORES_HEADER = ("index", "label", "score", "anomalous")
 
 
@@ -56,13 +63,17 @@ def one_class_cli(args, digit: int, *options: str):
         )
 
 
-def pixel_baseline(args, digit: int):
-    """The digit's nearest-neighbour scorer and its data; nothing is trained or logged."""
+def untrained_one_class(args, digit: int):
+    """The digit's scorer without training and its data (set up), nothing logged: the nearest-
+    neighbour baseline, or (``--untrained``) the config's network at the initial weights that
+    ``--seed_everything`` draws for a fit."""
     cli = one_class_cli(args, digit, "--trainer.logger=false")
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
-    return PixelNearestNeighbour(), dm
+    if args.baseline:
+        return baseline_scorer(args.baseline, args.distance, args.k), dm
+    return cli.model.eval().to(args.device), dm
 
 
 def train_one_class(args, digit: int):
@@ -121,8 +132,17 @@ def run(args) -> dict:
     if not args.config and not args.baseline:
         raise common.AelightError(
             "aelight anomaly needs --config (the model to train, e.g. configs/anomaly/restoration.yaml, or "
-            "configs/folder_anomaly.yaml for a folder of images) or --baseline pixel_nn"
+            "configs/folder_anomaly.yaml for a folder of images) or --baseline knn"
         )
+    if args.baseline and args.untrained:
+        raise common.AelightError("--untrained scores with the config's network untrained; --baseline with no network")
+    if not args.baseline and (args.distance or args.k):
+        raise common.AelightError("--distance and --k are the settings of --baseline knn")
+    if args.baseline:
+        try:
+            baseline_scorer(args.baseline, args.distance, args.k)
+        except ValueError as err:
+            raise common.AelightError(str(err)) from None
     fit_options = [*[f"--config={c}" for c in args.config or []], *args.override]
     probe = folder_data(fit_options)
     if probe is not None:
@@ -136,14 +156,16 @@ def run(args) -> dict:
         "config": args.config,
         "options": args.override,
         "baseline": args.baseline,
+        **({"distance": args.distance or "euclidean", "k": args.k or 1} if args.baseline else {}),
+        "untrained": args.untrained,
         "score": None,
         "percentile": args.percentile,
         "digits": {},
     }
     histograms, rows = {}, []
     for digit in args.digits:
-        if args.baseline:
-            model, dm = pixel_baseline(args, digit)
+        if args.baseline or args.untrained:
+            model, dm = untrained_one_class(args, digit)
             best, seconds, trainer = None, 0.0, None
         else:
             model, dm, best, seconds, trainer = train_one_class(args, digit)
@@ -157,6 +179,7 @@ def run(args) -> dict:
         print(f"digit {digit}: AUROC {result['auroc']:.4f}", flush=True)
     aurocs = [d["auroc"] for d in report["digits"].values()]
     report["mean_auroc"] = sum(aurocs) / len(aurocs)
+    report["inputs"] = "deskewed" if getattr(dm, "deskew", False) else "raw"
     report["device"] = common.device_name(args.device)
     safe_files.write_text(args.report_folder / "scores.csv", scores_csv(rows), what="scores")
     common.write_report(args.report_folder, report, figures(report, histograms))
@@ -230,7 +253,17 @@ def parser() -> argparse.ArgumentParser:
         "--baseline",
         choices=BASELINES,
         default=None,
-        help="score without learning instead: pixel_nn, the distance to the nearest normal training image",
+        help="score without learning instead: knn, the mean distance to the --k nearest normal training images "
+        "(pixel_nn: its Euclidean 1-NN case), on the pixels the data options give (--data.deskew true: deskewed)",
+    )
+    parser.add_argument(
+        "--distance", choices=DISTANCES, default=None, help="--baseline knn's distance (default: euclidean)"
+    )
+    parser.add_argument("--k", type=whole_number(1), default=None, help="--baseline knn's neighbours (default: 1)")
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="score with --config's network at its initial weights (drawn from --seed_everything), no training",
     )
     parser.add_argument(
         "--digits", type=int, nargs="+", default=None, help="MNIST's normal classes, one run each (default: 0 to 9)"

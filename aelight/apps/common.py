@@ -6,14 +6,14 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from lightning.pytorch.cli import instantiate_module
 from torch import Tensor
 
 from aelight import run_result, safe_files
-from aelight.arg_types import whole_number
+from aelight.arg_types import true_or_false, whole_number
 from aelight.checkpoints import trust
 from aelight.checkpoints.io import check_weights_fit, model_arguments, weight_shapes
 from aelight.data import ImageFolderDataModule, MNISTDataModule
@@ -47,6 +47,11 @@ def application_parser(
             "--data.root", dest="root", default=None,
             help="for a run on a folder of images: read them from here (default: the folder it trained on)",
         )  # fmt: skip
+        parser.add_argument(
+            "--data.deskew", dest="deskew", type=true_or_false, default=None,
+            help="MNIST deskewed (true) or raw (false): a baseline's inputs (default false); a checkpoint's "
+            "images are served as its run's were, so with --ckpt_path it may only repeat that run's setting",
+        )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     default = f"<run>/apps/{name}/, beside the checkpoint's folder" if checkpoint else f"lightning_logs/apps/{name}/"
     parser.add_argument("--out", default=None, help=f"report folder (default: {default})")
@@ -72,11 +77,12 @@ def run_main(
     parser: argparse.ArgumentParser,
     argv=None,
     forward=False,
-    report: Optional[str] = None,
+    report: Union[str, Callable[[argparse.Namespace], str], None] = None,
 ):
     """Parse, check, run; user errors become one message and exit code 1. Before any work the device
-    must exist and, with ``report`` (the command's name), the report folder must be writable: it is
-    then ``args.report_folder``. With ``forward``, options the parser does not know are kept in
+    must exist and, with ``report`` (the report folder's name, or a function of the options that
+    gives it), the report folder must be writable: it is then ``args.report_folder``. With
+    ``forward``, options the parser does not know are kept in
     ``args.override`` (passed on to the aelight CLI)."""
     if forward:
         args, args_override = parser.parse_known_args(argv)
@@ -87,7 +93,8 @@ def run_main(
     try:
         check_device(args.device)
         if report:
-            folder = report_dir_path(getattr(args, "ckpt_path", None), report, args.out)
+            name = report(args) if callable(report) else report
+            folder = report_dir_path(getattr(args, "ckpt_path", None), name, args.out)
             created = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
             args.report_folder = prepare_report_dir(folder)
             _record(folder=args.report_folder)
@@ -121,14 +128,45 @@ def load_model(ckpt: str, device: str, checkpoint: Optional[dict] = None) -> AE:
     ``aelight.checkpoints.trust``'s allow-list before anything it names is imported. Speed settings that old
     checkpoints kept among the model's arguments (now the training engine's) are left out."""
     checkpoint = checkpoint if checkpoint is not None else trust.load_checkpoint(ckpt)
+    model = build_model(checkpoint, ckpt)
+    check_weights_fit(model, weight_shapes(checkpoint["state_dict"]), f"checkpoint {ckpt}")
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval().to(device)
+
+
+def load_untrained(ckpt: str, device: str) -> tuple[AE, dict, int]:
+    """A checkpoint's model at the initial weights its run started from: its networks built as the
+    file says after seeding every generator with the run's seed (``seed_everything`` of the run's
+    ``config.yaml``, beside its checkpoints folder), as ``aelight fit`` seeded them before building.
+    Also the run's data settings (``load_run``) and the seed."""
+    import yaml
+    from lightning.pytorch import seed_everything
+
+    checkpoint = trust.load_checkpoint(ckpt)
+    config_file = Path(ckpt).resolve().parent.parent / "config.yaml"
+    try:
+        seed = yaml.safe_load(config_file.read_text()).get("seed_everything")
+    except (OSError, yaml.YAMLError, AttributeError):
+        seed = None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise AelightError(
+            f"--untrained: no seed found in {config_file} (the run's saved config, whose seed_everything drew the "
+            "initial weights); give the checkpoint of an `aelight fit` run whose folder holds config.yaml"
+        )
+    seed_everything(seed, verbose=False)
+    model = build_model(checkpoint, ckpt)
+    return model.eval().to(device), dict(checkpoint.get("datamodule_hyper_parameters") or {}), seed
+
+
+def build_model(checkpoint: dict, ckpt: str) -> AE:
+    """The model a checked checkpoint names, built from its arguments, its weights as initialised."""
     model_class = checkpoint_model_class(checkpoint, ckpt)
     hparams = checkpoint.get("hyper_parameters") or {}
     config = model_arguments(hparams)
     try:
         if "_instantiator" in hparams:  # written through the CLI: networks and optimizer as class paths
-            model = instantiate_module(model_class, config)
-        else:
-            model = model_class(**{k: v for k, v in config.items() if k != "_class_path"})
+            return instantiate_module(model_class, config)
+        return model_class(**{k: v for k, v in config.items() if k != "_class_path"})
     except Exception as err:  # noqa: BLE001 - its arguments do not fit this version's model class
         lines = str(err).splitlines()
         reason = next(
@@ -138,9 +176,6 @@ def load_model(ckpt: str, device: str, checkpoint: Optional[dict] = None) -> AE:
             f"checkpoint {ckpt} does not fit this version of aelight's {model_class.__name__} ({reason}); "
             "load it with the aelight version that wrote it"
         ) from None
-    check_weights_fit(model, weight_shapes(checkpoint["state_dict"]), f"checkpoint {ckpt}")
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval().to(device)
 
 
 def checkpoint_model_class(checkpoint: dict, path) -> type:
@@ -183,10 +218,19 @@ def is_folder_run(trained: dict) -> bool:
     return "root" in trained
 
 
-def run_data(trained: dict, data_dir: str, root: Optional[str] = None, **mnist) -> ImageDataModule:
+def run_data(
+    trained: dict, data_dir: str, root: Optional[str] = None, deskew: Optional[bool] = None, **mnist
+) -> ImageDataModule:
     """The data of a checkpoint's run (``trained``: its data settings, from ``load_run``), set up:
     its image folder read as the run read it (from ``root`` if given, else where it trained), or
-    MNIST from ``data_dir`` with the run's pixel settings and the options ``mnist``."""
+    MNIST from ``data_dir`` with the run's pixel settings and the options ``mnist``. ``deskew``
+    (the command's ``--data.deskew``) may only repeat the run's own setting."""
+    if deskew is not None and deskew != bool(trained.get("deskew", False)):
+        raise AelightError(
+            f"--data.deskew {str(deskew).lower()}: the checkpoint's run read "
+            f"{'deskewed' if trained.get('deskew') else 'raw'} images, and its model is given the images it learnt "
+            "from; leave --data.deskew out"
+        )
     if not is_folder_run(trained):
         return data(data_dir, **{k: trained[k] for k in PIXEL_SETTINGS if k in trained}, **mnist)
     settings = {k: trained[k] for k in FOLDER_SETTINGS if k in trained}

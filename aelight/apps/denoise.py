@@ -56,7 +56,7 @@ def scores(pred: Tensor, target: Tensor) -> dict:
 
 def evaluate(args) -> dict:
     model, trained = common.load_run(args.ckpt_path, args.device)
-    dm = common.run_data(trained, args.data_dir, args.root, val_size=args.val_size)
+    dm = common.run_data(trained, args.data_dir, args.root, args.deskew, val_size=args.val_size)
     val, _ = common.images_and_labels(dm, "val", args.device)
     test, _ = common.images_and_labels(dm, "test", args.device)
     filters = classical_filters()

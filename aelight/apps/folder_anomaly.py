@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_f1_score
 
 from aelight import safe_files
 from aelight.apps import common
-from aelight.apps.scorers import PixelNearestNeighbour, score_name
+from aelight.apps.scorers import baseline_scorer, score_name
 from aelight.cli import build_cli
 from aelight.data.folder import NORMAL, ImageFolderDataModule
 from aelight.errors import DataError
@@ -126,12 +126,14 @@ def run(args) -> dict:
         raise common.AelightError(
             "--digits applies to MNIST's one-class protocol; a folder's normal images are train/good/"
         )
+    if args.untrained:
+        raise common.AelightError("--untrained applies to MNIST's one-class protocol, not to a folder of images")
     if args.baseline:
         cli = folder_cli(args, "--trainer.logger=false")
         dm = checked_layout(cli.datamodule)
         dm.prepare_data()
         dm.setup("fit")
-        model, best, seconds = PixelNearestNeighbour(), None, 0.0
+        model, best, seconds = baseline_scorer(args.baseline, args.distance, args.k), None, 0.0
     else:
         cli = folder_cli(args)
         dm = checked_layout(cli.datamodule)

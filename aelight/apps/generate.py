@@ -68,7 +68,7 @@ def run(args) -> dict:
             f"{args.ckpt_path} holds a {type(model).__name__}, not a generative model (use a VAE)"
         )
     baseline = common.load_model(args.baseline_ckpt_path, args.device) if args.baseline_ckpt_path else None
-    dm = common.run_data(trained, args.data_dir, args.root, val_size=args.val_size)
+    dm = common.run_data(trained, args.data_dir, args.root, args.deskew, val_size=args.val_size)
     test_x, _ = common.images_and_labels(dm, "test", args.device)
     train_x, _ = common.full_training_set(dm, args.device)
     baseline_samples = None

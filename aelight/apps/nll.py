@@ -19,7 +19,7 @@ def run(args) -> dict:
         raise common.AelightError(
             f"{args.ckpt_path}: aelight nll measures binarized MNIST's test set; this run read a folder of images"
         )
-    dm = common.run_data(trained, args.data_dir, val_size=args.val_size, binarize=True)
+    dm = common.run_data(trained, args.data_dir, deskew=args.deskew, val_size=args.val_size, binarize=True)
     x, _ = common.images_and_labels(dm, "test", args.device)
     x = x[: args.limit] if args.limit else x
     torch.manual_seed(0)

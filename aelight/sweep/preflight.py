@@ -74,6 +74,16 @@ def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, st
                     _, options = parser().parse_known_args(options)
             except SystemExit:
                 return what, (said.getvalue().strip().splitlines() or ["refused by aelight anomaly"])[-1]
+        if command in ("reduce", "features"):  # a baseline's trial: the application's own parser alone
+            from aelight.apps import represent
+
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(said):
+                    represent.parser(command).parse_args(options)
+            except SystemExit:
+                return what, (said.getvalue().strip().splitlines() or [f"refused by aelight {command}"])[-1]
+            continue
         problem = argument_problem([o for o in options if not o.startswith("--out=")])
         if problem:
             return what, problem

@@ -83,12 +83,18 @@ def results_markdown(rows: list[dict], spec: SweepSpec, title: str, options: Opt
             f"| {setting_text(group[0], fixed, shown=True) or '(base)'} | {len(group)} | " + " | ".join(cells) + " |"
         )
     if spec.command == "anomaly" and len(ranked) > 1:  # the one-class protocol's figure: the mean over digits
-        means = [statistics.fmean(r[spec.metric] for r in group) for _, group in ranked]
-        lines += ["", f"Mean {spec.metric} over the {len(means)} settings: {statistics.fmean(means):.4f}"]
-        per_seed = protocol_means(ranked, spec.metric)
-        if len(per_seed) > 1:
-            seeds = ", ".join(f"{seed}: {mean:.4f}" for seed, mean in per_seed.items())
-            lines[-1] += f"; over seeds {mean_std(list(per_seed.values()))} ({seeds})"
+        protocols: dict[str, list] = {}  # the settings besides the digit (a baseline's distance...), each a protocol
+        for key, group in ranked:
+            protocols.setdefault(setting_text(group[0], fixed | {"digits"}, shown=True), []).append((key, group))
+        lines.append("")
+        for protocol, members in protocols.items():
+            means = [statistics.fmean(r[spec.metric] for r in group) for _, group in members]
+            over = f"{protocol}: mean" if protocol else "Mean"
+            lines.append(f"{over} {spec.metric} over the {len(means)} settings: {statistics.fmean(means):.4f}")
+            per_seed = protocol_means(members, spec.metric)
+            if len(per_seed) > 1:
+                seeds = ", ".join(f"{seed}: {mean:.4f}" for seed, mean in per_seed.items())
+                lines[-1] += f"; over seeds {mean_std(list(per_seed.values()))} ({seeds})"
     # an interrupted trial whose setting and seed a later run of the command completed is history only
     redone = {(key, r["seed"]) for key, group in settings.items() for r in group}
     failed = [

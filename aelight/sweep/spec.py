@@ -19,6 +19,8 @@ APP_DATA_OPTIONS = ("--data.data_dir", "--data.val_size")  # the fit options an 
 HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", "ssim", "elbo", "denoise_psnr",
                     "denoise_ssim", "accuracy", "logistic_regression_test_accuracy", "knn5_test_accuracy",
                     "knn5_val_accuracy", "autoencoder_minus_filter_psnr_db", "mean_top_class_confidence"}  # fmt: skip
+# an application's options by which its trials train no network: a baseline, or a network untrained
+NO_TRAINING_OPTIONS = ("--baseline", "--untrained")
 # settings that do not change how a trial runs: a continued sweep may give others
 NOT_TRIAL_SETTINGS = ("path", "description", "devices", "workers_per_device", "trials")
 
@@ -48,6 +50,13 @@ class SweepSpec:
     devices: Any = None
     workers_per_device: Optional[int] = None
     config_files: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        """Whether its trials train: False for an application's baseline (``--baseline``) or untrained
+        network (``--untrained``), which its trials run alone, on the data the options give."""
+        given = [o.split("=", 1)[0] for o in [*self.options, *self.app_options]]
+        return not any(o in NO_TRAINING_OPTIONS for o in given)
 
     def settings(self) -> dict:
         """What decides how its trials run, as a study records it (see ``check_same_trials``)."""
@@ -113,6 +122,8 @@ def load_spec(path: str) -> SweepSpec:
     spec.devices, spec.workers_per_device = raw.get("devices"), raw.get("workers_per_device")
     if spec.app_options and spec.command not in APPLIED:
         raise wrong(f"app_options are for a command among {APPLIED}, not {spec.command}")
+    if not spec.trains and spec.command not in ("anomaly", "reduce", "features"):
+        raise wrong(f"{' / '.join(NO_TRAINING_OPTIONS)} are options of anomaly, reduce and features")
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise wrong(f"grid.{key} must be a non-empty list of values")
@@ -132,7 +143,13 @@ def load_spec(path: str) -> SweepSpec:
     spec.trials = raw.get("trials")
     if spec.search and (not isinstance(spec.trials, int) or isinstance(spec.trials, bool) or spec.trials < 1):
         raise wrong("a search needs trials: N, a whole number of settings to try")
-    if not spec.config and "config" not in spec.grid:
+    untrained = "--untrained" in [o.split("=", 1)[0] for o in [*spec.options, *spec.app_options]]
+    if untrained and spec.command != "anomaly":
+        raise wrong(
+            f"--untrained in a sweep is anomaly's (the config's network, drawn from the trial's seed); "
+            f"aelight {spec.command} --untrained re-draws a trained run's network: run it on a sweep's checkpoints"
+        )
+    if (spec.trains or untrained) and not spec.config and "config" not in spec.grid:
         raise wrong("name the base config(s) with config: or grid: {config: [...]}")
     for config in [*spec.config, *spec.grid.get("config", [])]:
         found = config_file(path, config) if isinstance(config, str) else None

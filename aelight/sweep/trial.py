@@ -47,8 +47,14 @@ def trial_commands(
         return str(run_root / "results" / f"seed{seed}_{command}.json")
 
     if spec.command == "anomaly":
+        logged = logged if spec.trains else []  # nothing trained, nothing logged
         argv = ["anomaly", *common, *logged, f"--seed_everything={seed}", f"--out={run_root / f'report_seed{seed}'}"]
         return [TrialCommand(argv, result_file("anomaly"))]
+    if not spec.trains:  # a baseline or untrained network: the application alone, its options and data
+        out = run_root / f"{spec.command}_seed{seed}"
+        own = application_options(trial_options(common, keep_machine=True))
+        argv = [spec.command, *own, *spec.app_options, f"--seed_everything={seed}", f"--out={out}"]
+        return [TrialCommand(argv, result_file(spec.command))]
     name = [f"--trainer.logger.init_args.name=seed{seed}"]
     fit = ["fit", *common, *logged, *name, f"--seed_everything={seed}"]
     if resume is not None:
@@ -67,13 +73,25 @@ def trial_commands(
     return commands
 
 
+def application_options(options: list[str]) -> list[str]:
+    """A trial's options (each ``--key=value``) as an application that trains nothing takes them: the
+    worker's placement as ``--device`` (a worker sees only its own GPU, as cuda), no trainer option."""
+    kept = []
+    for given in options:
+        if given.startswith("--trainer.accelerator="):
+            kept.append("--device=cpu" if given.endswith("=cpu") else "--device=cuda")
+        elif not given.startswith("--trainer."):
+            kept.append(given)
+    return kept
+
+
 def earlier_attempt(trial, spec: SweepSpec) -> Optional[Path]:
     """The run folder of the newest interrupted trial of this setting whose fits left a last
     checkpoint, or None. This trial continues those runs in that folder: Lightning keeps a run's
     record of its best checkpoint only where the run wrote it, so a run continued elsewhere could
     name a worse checkpoint best than the uninterrupted run would have. An application that trains
     inside its own command (``anomaly``) starts again."""
-    if spec.command == "anomaly":
+    if spec.command == "anomaly" or not spec.trains:
         return None
     mine = sweep_study.key(trial.params)
     earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and interrupted(t)]
