@@ -138,7 +138,7 @@ def load_untrained(ckpt: str, device: str) -> tuple[AE, dict, int]:
     """A checkpoint's model at the initial weights its run started from: its networks built as the
     file says after seeding every generator with the run's seed (``seed_everything`` of the run's
     ``config.yaml``, beside its checkpoints folder), as ``aelight fit`` seeded them before building.
-    Also the run's data settings (``load_run``) and the seed."""
+    Also the run's data settings (``load_run``) and its seed number."""
     import yaml
     from lightning.pytorch import seed_everything
 
