@@ -43,6 +43,7 @@ class Codes(NamedTuple):
     test_images: torch.Tensor
     val_count: int
     class_names: list[str]
+    inputs: str  # which pixels they came from, raw or deskewed
 
 
 def codes(args, baseline: Optional[Callable] = None) -> Codes:
@@ -55,7 +56,8 @@ def codes(args, baseline: Optional[Callable] = None) -> Codes:
         test_x, test_y = common.images_and_labels(dm, "test", "cpu")
         val_count = len(dm.split_tensors("val")[1])
         train_c, test_c = baseline(train_x.flatten(1).numpy(), test_x.flatten(1).numpy(), val_count)
-        return Codes(None, train_c, train_y.numpy(), test_c, test_y.numpy(), test_x, val_count, dm.class_names)
+        inputs = "deskewed" if args.deskew else "raw"
+        return Codes(None, train_c, train_y.numpy(), test_c, test_y.numpy(), test_x, val_count, dm.class_names, inputs)
     if getattr(args, "untrained", False):
         model, trained, _ = common.load_untrained(args.ckpt_path, args.device)
     else:
@@ -72,6 +74,7 @@ def codes(args, baseline: Optional[Callable] = None) -> Codes:
         test_x,
         len(dm.split_tensors("val")[1]),
         dm.class_names,
+        pixels_read(model, trained),
     )
 
 
@@ -85,17 +88,13 @@ def check_source(args) -> None:
         raise common.AelightError("--untrained re-draws a checkpoint's network: give --ckpt_path")
 
 
-def inputs(args, model) -> str:
-    """Which pixels the codes came from, for the report: raw or deskewed (by the data, or by a
-    network that deskews its input itself, ``aelight.components.Deskewed``)."""
-    if args.baseline:
-        return "deskewed" if args.deskew else "raw"
+def pixels_read(model, trained: dict) -> str:
+    """Which pixels a checkpoint's model reads, for the report: deskewed (by its run's data, or by a
+    network that deskews its input itself, ``aelight.components.Deskewed``) or raw."""
     from aelight.components.deskew import Deskewed
 
-    if any(isinstance(m, Deskewed) for m in model.modules()):
-        return "deskewed"
-    trained = common.trust.load_checkpoint(args.ckpt_path).get("datamodule_hyper_parameters") or {}
-    return "deskewed" if trained.get("deskew") else "raw"
+    deskews = trained.get("deskew") or any(isinstance(m, Deskewed) for m in model.modules())
+    return "deskewed" if deskews else "raw"
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
@@ -138,12 +137,12 @@ def run_reduce(args) -> dict:
         baseline = baselines.map_baseline(args.baseline, args.seed_everything, args.components or 2)
     elif args.components is not None:
         raise common.AelightError("--components sets a baseline's size; a checkpoint's code has its own")
-    model, train_c, train_y, test_c, test_y, test_x, val_count, _ = codes(args, baseline)
+    model, train_c, train_y, test_c, test_y, test_x, val_count, _, pixels = codes(args, baseline)
     report = {
         "checkpoint": args.ckpt_path,
         "model": type(model).__name__ if model is not None else None,
         **({"baseline": args.baseline, "seed": args.seed_everything} if args.baseline else {}),
-        "inputs": inputs(args, model),
+        "inputs": pixels,
         "code_size": int(test_c.shape[1]),
         # for choosing between models: fitted on the training split's codes, scored on the validation split's
         "knn5_val_accuracy": knn_accuracy(
@@ -203,7 +202,7 @@ def run_features(args) -> dict:
         baseline = baselines.code_baseline(args.baseline, args.components, args.seed_everything)
     elif args.components is not None:
         raise common.AelightError("--components sets --baseline pca's size; a checkpoint's code has its own")
-    model, train_c, train_y, test_c, test_y, _, val_count, names = codes(args, baseline)
+    model, train_c, train_y, test_c, test_y, _, val_count, names, pixels = codes(args, baseline)
     if len(set(train_y.tolist())) < 2:
         raise common.AelightError(
             f"{args.ckpt_path}: its run's images have one class ({names[0]}); aelight features fits a classifier "
@@ -220,7 +219,7 @@ def run_features(args) -> dict:
         "model": type(model).__name__ if model is not None else None,
         **({"baseline": args.baseline} if args.baseline else {}),
         "untrained": args.untrained,
-        "inputs": inputs(args, model),
+        "inputs": pixels,
         "code_size": int(test_c.shape[1]),
         "C": C,
         **({"validation_accuracy": {str(c): a for c, a in validation.items()}} if validation else {}),

@@ -51,12 +51,15 @@ class SweepSpec:
     workers_per_device: Optional[int] = None
     config_files: dict = dataclasses.field(default_factory=dict)
 
+    def gives(self, name: str) -> bool:
+        """Whether its options or application options give the option ``name`` (``--key``)."""
+        return name in (o.split("=", 1)[0] for o in [*self.options, *self.app_options])
+
     @property
     def trains(self) -> bool:
         """Whether its trials train: False for an application's baseline (``--baseline``) or untrained
         network (``--untrained``), which its trials run alone, on the data the options give."""
-        given = [o.split("=", 1)[0] for o in [*self.options, *self.app_options]]
-        return not any(o in NO_TRAINING_OPTIONS for o in given)
+        return not any(self.gives(name) for name in NO_TRAINING_OPTIONS)
 
     def settings(self) -> dict:
         """What decides how its trials run, as a study records it (see ``check_same_trials``)."""
@@ -143,7 +146,7 @@ def load_spec(path: str) -> SweepSpec:
     spec.trials = raw.get("trials")
     if spec.search and (not isinstance(spec.trials, int) or isinstance(spec.trials, bool) or spec.trials < 1):
         raise wrong("a search needs trials: N, a whole number of settings to try")
-    untrained = "--untrained" in [o.split("=", 1)[0] for o in [*spec.options, *spec.app_options]]
+    untrained = spec.gives("--untrained")
     if untrained and spec.command != "anomaly":
         raise wrong(
             f"--untrained in a sweep is anomaly's (the config's network, drawn from the trial's seed); "
