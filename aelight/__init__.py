@@ -1,11 +1,22 @@
 """aelight: autoencoder experiments with PyTorch Lightning.
 
-The models and the data module are imported when first used (``from aelight import AE``), so
-importing a light part of aelight (its command table, the sweep) does not import Lightning."""
+Train and evaluate from a script or notebook as from the command line (``aelight.run.api``):
+
+    import aelight
+    result = aelight.fit(config="configs/ae.yaml", overrides=["--trainer.max_epochs", "2"])
+    tested = aelight.test(config="configs/ae.yaml", overrides=["--ckpt_path", "best"])
+
+The models, the data modules and these calls are imported when first used (``from aelight import
+AE``), so importing a light part of aelight (its command table, the sweep) does not import Lightning."""
 
 import importlib
 
 __all__ = [
+    "fit",
+    "validate",
+    "test",
+    "predict",
+    "RunResult",
     "AE",
     "ContractiveAE",
     "DenoisingAE",
@@ -19,8 +30,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_HOMES = {name: "aelight.models" for name in __all__} | dict.fromkeys(
-    ("MNISTDataModule", "ImageFolderDataModule"), "aelight.data"
+_HOMES = (
+    {name: "aelight.models" for name in __all__}
+    | dict.fromkeys(("MNISTDataModule", "ImageFolderDataModule"), "aelight.data")
+    | dict.fromkeys(("fit", "validate", "test", "predict"), "aelight.run.api")
+    | {"RunResult": "aelight.run_result"}
 )
 
 

@@ -1,20 +1,34 @@
 """argparse types the commands share; plain Python, so a light command (aelight sweep) imports no torch."""
 
 import argparse
-from typing import Callable
+from typing import Any, Callable, Optional
 
 
-def whole_number(minimum: int, unit: str = "") -> Callable[[str], int]:
-    """argparse type: a whole number of at least ``minimum`` (of ``unit``, named in its messages)."""
-    number, least = (f"whole number of {unit}", f"{minimum} {unit}") if unit else ("whole number", f"{minimum}")
+def number(
+    kind: type = int,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    above: Optional[float] = None,
+    unit: str = "",
+) -> Callable[[str], Any]:
+    """argparse type: a whole number (``kind=int``) or a number (``float``) within the bounds given
+    (``above``: strictly), ``unit`` named in its messages."""
+    what = ("whole number" if kind is int else "number") + (f" of {unit}" if unit else "")
+    unit = f" {unit}" if unit else ""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {number}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum:g} and {maximum:g}{unit}, got {value}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}{unit}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}{unit}, got {value}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}{unit}, got {value}")
         return value
 
     return parse

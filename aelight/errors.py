@@ -1,8 +1,9 @@
 """User-facing errors: the CLI prints these as one message and exits non-zero, no traceback."""
 
+import contextlib
 import errno
 import sys
-from typing import NoReturn, Optional
+from typing import Callable, Iterator, NoReturn, Optional, Union
 
 
 class AelightError(Exception):
@@ -19,6 +20,25 @@ class NonFiniteLossError(AelightError):
 
 class ConfigError(AelightError, ValueError):
     """A config value that parses but cannot work (mismatched sizes, a non-positive std...)."""
+
+
+class ArgumentsError(ConfigError):
+    """A command's options or config do not parse (an unknown key, a value of the wrong type); the
+    message is the parser's reason in one line, ``prog`` the command whose ``--help`` lists them."""
+
+    def __init__(self, reason: str, prog: str = "aelight"):
+        super().__init__(reason)
+        self.prog = prog
+
+
+class RunStopped(AelightError):
+    """A run stopped before its end on purpose: by SIGTERM or Ctrl-C (its last checkpoint intact)
+    or by a sweep's pruner. ``exit_code`` is what the command exits with (143, 130, or the pruned
+    code), the message what it says."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -76,3 +96,27 @@ def exit_saying(message: str, code: int) -> NoReturn:
     """A command stopped on purpose (by SIGTERM, by a sweep's pruner): one line on stderr, ``code``."""
     print(f"aelight: {message}", file=sys.stderr)
     raise UserExit(code, message)
+
+
+@contextlib.contextmanager
+def one_line_errors(
+    where: Union[str, Callable[[], Optional[str]], None] = None, cleanup: Optional[Callable[[], None]] = None
+) -> Iterator[None]:
+    """How every aelight command ends when it cannot go on: options that do not parse exit 2, a run
+    stopped on purpose its own code, any other mistake of the user's (``user_message``) 1, each
+    with one line on stderr; ``cleanup`` runs first for a mistake (e.g. removing an empty output
+    folder). A bug keeps its traceback. ``where``: the output folder (or a function giving it) that
+    a full disk is reported for."""
+    try:
+        yield
+    except ArgumentsError as err:
+        exit_with_error(f"{err} ({err.prog} --help lists the options)", code=2)
+    except RunStopped as stop:
+        exit_saying(str(stop), stop.exit_code)
+    except Exception as err:
+        message = user_message(err, where=where() if callable(where) else where)
+        if message is None:
+            raise
+        if cleanup is not None:
+            cleanup()
+        exit_with_error(message)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from aelight import safe_files
+from aelight.errors import AelightError, ArgumentsError, RunStopped
 from aelight.runtime import PRUNED_EXIT, is_higher_rank
 
 SCHEMA = 1
@@ -124,6 +125,12 @@ def recording(command: str, argv: list) -> Iterator[RunResult]:
         raise
     except KeyboardInterrupt:
         _ended(result, 130, "interrupted")
+        raise
+    except RunStopped as stop:  # a library call's (aelight.fit): the code its command would exit with
+        _ended(result, stop.exit_code, str(stop))
+        raise
+    except AelightError as err:  # a library call's: the one line its command would say
+        _ended(result, 2 if isinstance(err, ArgumentsError) else 1, str(err)[:500])
         raise
     except BaseException as err:
         _ended(result, 1, f"{type(err).__name__}: {err}".splitlines()[0][:500])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelight.apps import APPLICATIONS, aliases, anomaly, denoise, represent
+from aelight.apps import APPLICATIONS, aliases, anomaly, code_figures, denoise, probes
 from aelight.commands import main as aelight
 from tests.conftest import REPO
 
@@ -128,7 +128,7 @@ def test_an_old_script_still_runs_its_command(trained, tiny_data, tmp_path):
 
 
 def test_confusion_counts_put_true_labels_in_rows():
-    counts = represent.confusion_counts(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), classes=3)
+    counts = code_figures.confusion_counts(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), classes=3)
     assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
@@ -177,7 +177,8 @@ def test_pixel_nearest_neighbour_baseline_trains_nothing_and_scores_by_distance(
     assert report["score"].startswith("mean euclidean distance to the nearest")
     import csv
 
-    from aelight.apps.common import data, images_and_labels
+    from aelight.apps.common import images_and_labels
+    from aelight.run.run_data import mnist_data as data
 
     dm = data(str(tiny_data), val_size=100, classes=[4])
     normal = images_and_labels(dm, "train", "cpu")[0].flatten(1).double().numpy()
@@ -263,7 +264,7 @@ def test_knn_on_separable_codes_is_perfect():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 500)
     codes = np.stack([labels * 10.0, -labels * 10.0], 1) + rng.normal(0, 0.5, (500, 2))
-    assert represent.knn_accuracy(codes[:400], labels[:400], codes[400:], labels[400:]) == 1.0
+    assert probes.knn_accuracy(codes[:400], labels[:400], codes[400:], labels[400:]) == 1.0
 
 
 def test_the_probe_regularisation_is_chosen_on_the_validation_rows_and_leaves_the_codes_as_they_were():
@@ -275,7 +276,7 @@ def test_the_probe_regularisation_is_chosen_on_the_validation_rows_and_leaves_th
     codes = rng.normal(0, 1, (600, 40)) + labels[:, None] * rng.normal(0, 0.3, 40)
     before = codes.copy()
     Cs = [1e-4, 1e-2, 1.0]
-    chosen, accuracies = represent.chosen_C(codes, labels, 200, Cs, max_iter=500)
+    chosen, accuracies = probes.chosen_C(codes, labels, 200, Cs, max_iter=500)
     for C in Cs:  # the oracle: fitted on the first 400 rows, scored on the last 200
         scaler = StandardScaler().fit(before[:400])
         clf = LogisticRegression(C=C, max_iter=500).fit(scaler.transform(before[:400]), labels[:400])

@@ -15,12 +15,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from aelight.apps import baselines
-from aelight.apps.common import data, full_training_set, images_and_labels, load_untrained
+from aelight.apps.common import full_training_set, images_and_labels, load_untrained
 from aelight.apps.represent import reduce_parser
 from aelight.apps.scorers import PixelNearestNeighbours, baseline_scorer
-from aelight.cli import build_cli
 from aelight.commands import main as aelight
 from aelight.errors import ConfigError
+from aelight.run.run_data import mnist_data as data
+from aelight.run.trainer_cli import build_cli
 from aelight.sweep import results as sweep_results
 from aelight.sweep import spec as sweep_spec
 from aelight.sweep import trial as sweep_trial

@@ -331,7 +331,7 @@ def test_a_sweep_s_options_are_checked_by_the_trials_parser_value_by_value(tmp_p
 
 def test_class_paths_that_configs_of_earlier_releases_name_still_parse_to_the_same_classes():
     from aelight import loggers, sweep_pruning
-    from aelight.cli import argument_problem
+    from aelight.run.api import argument_problem
     from aelight.sweep import pruning
     from aelight.training import loggers as training_loggers
 

@@ -59,7 +59,7 @@ def test_the_export_holds_the_threshold_of_the_normal_validation_images_and_what
     assert meta["threshold_from"]["normal_classes"] == [3] and meta["threshold_from"]["percentile"] == 95.0
     # the oracle: the model's reconstruction error of digit 3's validation images, numpy's percentile
     model = common.load_model(detectors["ae"], "cpu")
-    dm = common.data(str(tiny_data), classes=[3], val_size=100)
+    dm = common.mnist_data(str(tiny_data), classes=[3], val_size=100)
     val, labels = common.images_and_labels(dm, "val", "cpu")
     assert set(labels.tolist()) == {3} and meta["threshold_from"]["images"] == len(val)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_the_export_holds_the_threshold_of_the_normal_validation_images_and_what
 def test_score_gives_the_pytorch_model_s_scores_for_image_files_and_decides_at_the_threshold(
     detectors, tiny_data, tmp_path, capsys
 ):
-    dm = common.data(str(tiny_data), val_size=100)
+    dm = common.mnist_data(str(tiny_data), val_size=100)
     images, labels = dm.split_tensors("test")
     paths = write_pngs(tmp_path / "new" / "digits", images[:40].numpy())
     out = tmp_path / "scores.csv"
@@ -92,7 +92,7 @@ def test_score_gives_the_pytorch_model_s_scores_for_image_files_and_decides_at_t
 
 
 def test_score_imports_neither_torch_nor_lightning(detectors, tiny_data, tmp_path):
-    dm = common.data(str(tiny_data), val_size=100)
+    dm = common.mnist_data(str(tiny_data), val_size=100)
     paths = write_pngs(tmp_path / "few", dm.split_tensors("test")[0][:3].numpy())
     probe = (
         "import sys; from aelight.commands import main; main(sys.argv[1:]); "
@@ -109,7 +109,7 @@ def test_a_torchscript_export_scores_like_the_onnx_one(detectors, tiny_data, tmp
     aelight(["export", "--ckpt_path", detectors["ae"], f"--data.data_dir={tiny_data}", "--out", str(out),
              "--format", "torchscript"])  # fmt: skip
     assert json.loads((out / "metadata.json").read_text())["model_file"] == "model.pt"
-    images = common.data(str(tiny_data), val_size=100).split_tensors("test")[0][:5]
+    images = common.mnist_data(str(tiny_data), val_size=100).split_tensors("test")[0][:5]
     paths = write_pngs(tmp_path / "some", images.numpy())
     capsys.readouterr()
     aelight(["score", "--model", str(out), *paths])

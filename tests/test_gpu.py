@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelight.cli import build_cli
 from aelight.data import MNISTDataModule
 from aelight.models import AE, VAE
+from aelight.run.trainer_cli import build_cli
 from aelight.training.cuda_graph import GraphedStep
 from aelight.training.engine import TrainingEngine
 from tests.conftest import REPO

@@ -112,7 +112,7 @@ def finished(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
 def trials(url: str, name: str = "spec"):
     import optuna
 
-    from aelight.sweep.study import rdb_storage
+    from aelight.sweep.storage import rdb_storage
 
     try:  # opened as the sweep opens it: the test looks while the machines may be creating the tables
         return optuna.load_study(study_name=name, storage=rdb_storage(url)).get_trials(deepcopy=False)
@@ -138,7 +138,7 @@ def table_of(spec, out, data, url) -> list[dict]:
 
 
 def test_machines_opening_a_new_database_at_once_all_open_it(server):
-    from aelight.sweep.study import rdb_storage
+    from aelight.sweep.storage import rdb_storage
 
     url, at_once = server.database("at_once"), 8
     barrier, opened, errors = threading.Barrier(at_once), [], []

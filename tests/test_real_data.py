@@ -2,7 +2,7 @@
 
 import pytest
 
-from aelight.cli import build_cli
+from aelight.run.trainer_cli import build_cli
 from tests.conftest import REAL_DATA
 
 needs_mnist = pytest.mark.skipif(

@@ -33,8 +33,8 @@ SHORT = ["--data.download=false", "--data.val_size=100", "--trainer.max_epochs=1
 
 
 def write_spec(tmp_path: Path, grid: dict, **extra) -> Path:
-    spec = {"config": "configs/ae.yaml", "grid": grid, "seeds": [0, 1], "metric": "val/mse",
-            "report": ["val/mse", "val/psnr"], "options": SHORT, **extra}  # fmt: skip
+    spec = {"config": "configs/ae.yaml", "grid": grid, "seeds": [0, 1], "metric": "val/mse (last)",
+            "report": ["val/mse (last)", "val/psnr (last)"], "options": SHORT, **extra}  # fmt: skip
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -150,7 +150,7 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
         assert probe.command == "features" and probe.direction == "maximize"
         assert probe.metric == "logistic_regression_test_accuracy" and probe.seeds == [0, 1, 2]
     search = sweep_spec.load_spec(str(REPO / "configs/sweeps/ae_search.yaml"))
-    assert search.prune and search.trials == 20 and search.metric == "val/loss"
+    assert search.prune and search.trials == 20 and search.metric == "val/loss (best)"
     for text, message in (
         ("grid: {data.batch_size: 16}", "must be a non-empty list"),
         ("grid: {a: [1]}\nsurprise: 1", "unknown key"),
@@ -177,7 +177,7 @@ def test_the_shipped_specs_load_and_spec_mistakes_are_one_line(tmp_path, monkeyp
     fit = sweep_trial.trial_commands(halved, {CODE_SIZE: 64, "seed": 0}, 0, tmp_path, [])[0].argv
     assert f"--{LATENT}=32" in fit  # a whole number stays one: the option takes an int
     for metric, direction in (("test/elbo", "maximize"), ("val/psnr_best", "maximize"), ("f1", "maximize"),
-                              ("test/nll", "minimize"), ("val/loss", "minimize")):  # fmt: skip
+                              ("test/nll", "minimize"), ("val/loss (best)", "minimize")):  # fmt: skip
         (tmp_path / "m.yaml").write_text(f"config: configs/ae.yaml\nmetric: {metric}")
         assert sweep_spec.load_spec(str(tmp_path / "m.yaml")).direction == direction, metric
     (tmp_path / "seeds.yaml").write_text("config: configs/ae.yaml\nseeds: [0, 1, 2]")  # one setting, three seeds
@@ -216,7 +216,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path
 
 
 def test_a_failed_run_s_reason_is_the_parser_s_explanation_without_its_search():
-    from aelight.cli import parser_reason
+    from aelight.run.arguments import parser_reason
 
     message = """Parser key "model":
   Does not validate against any of the Union subtypes
@@ -337,11 +337,11 @@ def test_results_of_a_sweep_as_it_stands_are_written_and_printed_without_startin
         trial.suggest_categorical("data.batch_size", [16, 32])
         seed = trial.suggest_categorical("seed", [0, 1])
         if value:
-            trial.set_user_attr("metrics", {str(seed): {"val/mse": value, "val/psnr": 17.0}})
+            trial.set_user_attr("metrics", {str(seed): {"val/mse (last)": value, "val/psnr (last)": 17.0}})
             study.tell(trial, value)
     sweep_command.main([str(path), f"--out={out}", "--results", f"--data.data_dir={tmp_path}"])
     printed = capsys.readouterr().out
-    assert "| setting | seeds | val/mse | val/psnr |" in printed and "| 1 | 0.0200 | 17.0000 |" in printed
+    assert "| setting | seeds | val/mse (last) | val/psnr (last) |" in printed and "| 1 | 0.0200 | 17.0000 |" in printed
     assert "running: not finished when these results were written" in printed
     assert [r["status"] for r in rows(out)] == ["complete", "running"]
     after = sweep_study.open_study(spec, "spec", url, create=False).trials

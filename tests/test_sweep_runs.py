@@ -28,7 +28,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial_and_a_failin
     table = [r for r in rows(out) if r["data.batch_size"] != "0"]
     assert len(table) == 4 and {r["status"] for r in table} == {"complete"}
     assert {(r["data.batch_size"], r["seed"]) for r in table} == {("16", "0"), ("16", "1"), ("32", "0"), ("32", "1")}
-    assert all(0 < float(r["val/mse"]) < 1 and float(r["val/psnr"]) > 0 for r in table)
+    assert all(0 < float(r["val/mse (last)"]) < 1 and float(r["val/psnr (last)"]) > 0 for r in table)
     assert len({r["run"] for r in table}) == 4  # two workers never share a run folder
     assert {r["device"] for r in table} == {f"{socket.gethostname()} cpu"}  # where each trial ran
     for r in table:  # each an ordinary aelight run, visible in TensorBoard
@@ -39,7 +39,7 @@ def test_a_grid_over_two_workers_gives_a_row_with_metrics_per_trial_and_a_failin
     markdown = (out / "results.md").read_text()
     assert "data.batch_size=16 | 2 |" in markdown and "data.batch_size=32 | 2 |" in markdown
     assert "data.batch_size must be at least 1" in markdown
-    assert "| setting | seeds | val/mse | val/psnr |" in proc.stdout  # printed at the end
+    assert "| setting | seeds | val/mse (last) | val/psnr (last) |" in proc.stdout  # printed at the end
     assert f"tensorboard --logdir {out}/runs" in proc.stdout  # where the trials compare in HParams
     assert "6 of 6 trials to run, 2 worker(s) on the CPU" in proc.stderr  # what it will do, then each trial's end
     assert proc.stderr.count(" complete (data.batch_size=") == 4 and "[6 of 6 ended]" in proc.stderr
@@ -74,8 +74,8 @@ def test_a_tpe_search_prunes_a_trial_that_trails_the_median(tiny_data, tmp_path)
     # learning rates from 1e-4 to 1e3: the larger, the worse; TPE's startup draws are seeded by the
     # worker's index, so the sixth trial (lr 3.3) trails the median of the five before it
     lr = {"model.init_args.optimizer.init_args.lr": {"low": 1e-4, "high": 1e3, "log": True}}
-    spec = write_spec(tmp_path, {}, search=lr, trials=6, prune=True, seeds=[0], metric="val/loss",
-                      report=["val/loss"], options=[*SHORT, "--trainer.max_epochs=3",
+    spec = write_spec(tmp_path, {}, search=lr, trials=6, prune=True, seeds=[0], metric="val/loss (last)",
+                      report=["val/loss (last)"], options=[*SHORT, "--trainer.max_epochs=3",
                                                     "--trainer.limit_train_batches=2"])  # fmt: skip
     out = tmp_path / "sweep"
     proc = subprocess.run(sweep_cmd(spec, out, tiny_data, workers=1), cwd=REPO, capture_output=True, text=True)
@@ -87,13 +87,13 @@ def test_a_tpe_search_prunes_a_trial_that_trails_the_median(tiny_data, tmp_path)
     for row in pruned:  # it stopped early, as its run's result says, with a worse val/loss than the median
         fit = json.loads((Path(row["run"]) / "results" / "seed0_fit.json").read_text())
         assert fit["status"] == "pruned" and fit["exit_code"] == 3 and fit["epochs"] < 3
-        best = min(float(r["val/loss"]) for r in table if r["status"] == "complete")
+        best = min(float(r["val/loss (last)"]) for r in table if r["status"] == "complete")
         assert float(row["reason"].split()[1]) > best
 
 
 def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoint(tiny_data, tmp_path):
     spec = write_spec(tmp_path, {}, command="features", metric="logistic_regression_test_accuracy",
-                      report=["logistic_regression_test_accuracy", "val/mse", "test/mse"],
+                      report=["logistic_regression_test_accuracy", "val/mse (last)", "test/mse"],
                       app_options=["--max_iter=50"], seeds=[0])  # fmt: skip
     out = tmp_path / "sweep"
     proc = subprocess.run(sweep_cmd(spec, out, tiny_data, workers=1), cwd=REPO, capture_output=True, text=True)
@@ -102,7 +102,7 @@ def test_an_application_trial_fits_then_applies_the_command_to_its_best_checkpoi
     report = json.loads((Path(row["run"]) / "features_seed0" / "report.json").read_text())
     assert report["checkpoint"].endswith("seed0/version_0/checkpoints/best.ckpt")
     assert float(row["logistic_regression_test_accuracy"]) == pytest.approx(report["logistic_regression_test_accuracy"])
-    assert 0 < float(row["val/mse"]) < 1  # fit's own metrics beside the report's
+    assert 0 < float(row["val/mse (last)"]) < 1  # fit's own metrics beside the report's
     test = json.loads((Path(row["run"]) / "results" / "seed0_test.json").read_text())  # and the test run's
     assert test["checkpoints"]["loaded"] == report["checkpoint"]
     assert float(row["test/mse"]) == pytest.approx(test["metrics"]["test"]["test/mse"])

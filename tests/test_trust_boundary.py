@@ -244,8 +244,8 @@ def test_a_crafted_checkpoint_imports_nothing_through_any_entry_point(fitted, ti
 
 
 def test_untouched_checkpoints_still_load_with_their_class_paths(fitted, tmp_path):
-    from aelight.apps.common import checkpoint_model_class
     from aelight.checkpoints import trust
+    from aelight.run.models import checkpoint_model_class
 
     for name in ("ae", "vae"):
         checkpoint = trust.load_checkpoint(fitted[name])

@@ -29,45 +29,40 @@ import csv
 import importlib
 import io
 import time
-import warnings
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score, binary_precision, binary_recall
 
 from aelight import safe_files
 from aelight.apps import common, folder_anomaly
-from aelight.apps.scorers import BASELINES, DISTANCES, baseline_scorer, percentile, score_name
-from aelight.arg_types import whole_number
-from aelight.cli import build_cli, data_config
+from aelight.apps.scorers import BASELINES, DISTANCES, baseline_scorer
+from aelight.arg_types import number
 from aelight.data.folder import ImageFolderDataModule
+from aelight.run import api
+from aelight.run.recording import log_to_run
 
 SCORES_HEADER = ("index", "label", "score", "anomalous")
 
 
-def one_class_cli(args, digit: int, *options: str):
-    """The aelight CLI (not run) of the digit's one-class run: the command's configs and fit
+def one_class_options(args, digit: int, *options: str) -> list[str]:
+    """The ``aelight fit`` options of the digit's one-class run: the command's configs and fit
     options, the digit's training images only."""
-    with warnings.catch_warnings():  # the options are this command's, handed on: not a mistake
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return build_cli(
-            [
-                *[f"--config={c}" for c in args.config or []],
-                "--data.download=false",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                *args.override,  # the user's aelight fit options
-                f"--data.classes=[{digit}]",
-                *options,
-            ],
-            run=False,
-        )
+    return [
+        *api.arguments(args.config, []),
+        "--data.download=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *args.override,  # the user's aelight fit options
+        f"--data.classes=[{digit}]",
+        *options,
+    ]
 
 
 def untrained_one_class(args, digit: int):
     """The digit's scorer without training and its data (set up), nothing logged: the nearest-
     neighbour baseline, or (``--untrained``) the config's network at the initial weights that
     ``--seed_everything`` draws for a fit."""
-    cli = one_class_cli(args, digit, "--trainer.logger=false")
+    cli = api.prepared(one_class_options(args, digit, "--trainer.logger=false"))
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
@@ -77,21 +72,13 @@ def untrained_one_class(args, digit: int):
 
 
 def train_one_class(args, digit: int):
-    cli = one_class_cli(args, digit, f"--trainer.logger.init_args.name=anomaly_digit{digit}")
+    """The digit's run of ``aelight fit`` (its own run folder and result.json), and its best model
+    loaded back as every command loads a checkpoint (trusting the classes the options named)."""
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    trained = api.train(one_class_options(args, digit, f"--trainer.logger.init_args.name=anomaly_digit{digit}"))
     seconds = time.perf_counter() - start
-    best = cli.trainer.checkpoint_callback.best_model_path
-    return common.load_model(best, args.device), cli.datamodule, best, seconds, cli.trainer
-
-
-def log_to_run(trainer, result: dict) -> None:
-    """The digit's results into its own run, beside what fit logged, so TensorBoard's HParams
-    compares the digits (and the trials of a one-class sweep) by them."""
-    if trainer.logger is not None and trainer.is_global_zero:
-        metrics = {f"anomaly/{k}": result[k] for k in ("auroc", "f1", "precision", "recall")}
-        trainer.logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.logger.finalize("success")
+    best = trained.result.checkpoints["best"]
+    return trained.best_model(args.device), trained.datamodule, best, seconds, trained.trainer
 
 
 def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -118,8 +105,9 @@ def evaluate_digit(model, dm, digit: int, device: str, percentile: float) -> tup
 def folder_data(fit_options: list[str]):
     """The image folder data module (not set up) that ``aelight fit`` with these options would read,
     or None when they name another data module."""
-    config = data_config(fit_options)
-    if not config:
+    try:
+        config = api.parsed(fit_options).data.as_dict()
+    except common.AelightError:  # the run itself then says what is wrong
         return None
     module, _, name = config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name, None)
@@ -169,10 +157,10 @@ def run(args) -> dict:
             best, seconds, trainer = None, 0.0, None
         else:
             model, dm, best, seconds, trainer = train_one_class(args, digit)
-        report["score"] = score_name(model)
+        report["score"] = model.anomaly_score_name
         result, scores, anomalous = evaluate_digit(model, dm, digit, args.device, args.percentile)
-        if trainer is not None:
-            log_to_run(trainer, result)
+        if trainer is not None:  # HParams compares the digits (and a one-class sweep's trials) by them
+            log_to_run(trainer, {f"anomaly/{k}": result[k] for k in ("auroc", "f1", "precision", "recall")})
         report["digits"][str(digit)] = {**result, "checkpoint": best, "train_seconds": seconds}
         histograms[digit] = (scores, anomalous, result["threshold"])
         rows.append((digit, dm.split_tensors("test")[1], scores, scores > result["threshold"]))
@@ -259,7 +247,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--distance", choices=DISTANCES, default=None, help="--baseline knn's distance (default: euclidean)"
     )
-    parser.add_argument("--k", type=whole_number(1), default=None, help="--baseline knn's neighbours (default: 1)")
+    parser.add_argument(
+        "--k", type=number(int, minimum=1), default=None, help="--baseline knn's neighbours (default: 1)"
+    )
     parser.add_argument(
         "--untrained",
         action="store_true",
@@ -269,7 +259,10 @@ def parser() -> argparse.ArgumentParser:
         "--digits", type=int, nargs="+", default=None, help="MNIST's normal classes, one run each (default: 0 to 9)"
     )
     parser.add_argument(
-        "--percentile", type=percentile, default=95.0, help="threshold: this percentile (0-100) of normal scores"
+        "--percentile",
+        type=number(float, minimum=0, maximum=100),
+        default=95.0,
+        help="threshold: this percentile (0-100) of normal scores",
     )
     return parser
 

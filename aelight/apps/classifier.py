@@ -73,7 +73,7 @@ def trained_classifier(
 
     The cache is a checkpoint like any other: loaded weights-only with its class paths checked
     (aelight.checkpoints.trust), written atomically."""
-    from aelight.apps.common import data
+    from aelight.run.run_data import mnist_data as data
 
     cached = os.path.exists(path)
     if not cached:  # before training: the cache must be writable

@@ -19,25 +19,24 @@ from torchmetrics.functional.classification import binary_auroc, binary_f1_score
 
 from aelight import safe_files
 from aelight.apps import common
-from aelight.apps.scorers import baseline_scorer, score_name
-from aelight.cli import build_cli
+from aelight.apps.scorers import baseline_scorer
 from aelight.data.folder import NORMAL, ImageFolderDataModule
 from aelight.errors import DataError
+from aelight.run import api
+from aelight.run.recording import log_to_run
 
 SCORES_HEADER = ("path", "label", "score", "anomalous")
 
 
-def folder_cli(args, *options: str):
-    return build_cli(
-        [
-            *[f"--config={c}" for c in args.config or []],
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            *args.override,
-            *options,
-        ],
-        run=False,
-    )
+def folder_options(args, *options: str) -> list[str]:
+    """The ``aelight fit`` options of the folder's run: the command's configs and fit options."""
+    return [
+        *api.arguments(args.config, []),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *args.override,
+        *options,
+    ]
 
 
 def checked_layout(dm) -> ImageFolderDataModule:
@@ -129,29 +128,25 @@ def run(args) -> dict:
     if args.untrained:
         raise common.AelightError("--untrained applies to MNIST's one-class protocol, not to a folder of images")
     if args.baseline:
-        cli = folder_cli(args, "--trainer.logger=false")
-        dm = checked_layout(cli.datamodule)
+        dm = checked_layout(api.prepared(folder_options(args, "--trainer.logger=false")).datamodule)
         dm.prepare_data()
         dm.setup("fit")
         model, best, seconds = baseline_scorer(args.baseline, args.distance, args.k), None, 0.0
     else:
-        cli = folder_cli(args)
-        dm = checked_layout(cli.datamodule)
         start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=dm)
+        trained = api.train(folder_options(args))
         seconds = time.perf_counter() - start
-        best = cli.trainer.checkpoint_callback.best_model_path
-        model = common.load_model(best, args.device)
+        dm = checked_layout(trained.datamodule)
+        best, model = trained.result.checkpoints["best"], trained.best_model(args.device)
     result, scores = evaluate(model, dm, args.device, args.percentile)
-    if not args.baseline and cli.trainer.logger is not None and cli.trainer.is_global_zero:
-        metrics = {f"anomaly/{k}": result[k] for k in ("auroc", "f1", "precision", "recall") if result[k] is not None}
-        cli.trainer.logger.log_metrics(metrics, step=cli.trainer.global_step)
-        cli.trainer.logger.finalize("success")
+    if not args.baseline:
+        figures = ("auroc", "f1", "precision", "recall")
+        log_to_run(trained.trainer, {f"anomaly/{k}": result[k] for k in figures if result[k] is not None})
     report = {
         "config": args.config,
         "options": args.override,
         "baseline": args.baseline,
-        "score": score_name(model),
+        "score": model.anomaly_score_name,
         "percentile": args.percentile,
         "root": dm.root,
         "image_shape": list(dm.image_shape),

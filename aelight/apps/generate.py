@@ -17,6 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from aelight.apps import common
 from aelight.apps.classifier import PenultimateFeatures, trained_classifier
+from aelight.arg_types import number
 
 
 @torch.no_grad()
@@ -148,8 +149,8 @@ def main(argv=None) -> None:
         default="lightning_logs/mnist_classifier/classifier.ckpt",
         help="the judge's checkpoint, trained and written here if missing",
     )
-    parser.add_argument("--samples", type=common.positive_int, default=10000, help="samples judged")
+    parser.add_argument("--samples", type=number(int, minimum=1), default=10000, help="samples judged")
     parser.add_argument(
-        "--classifier_epochs", type=common.positive_int, default=4, help="if the classifier must be trained"
+        "--classifier_epochs", type=number(int, minimum=1), default=4, help="if the classifier must be trained"
     )
     common.run_main(run, parser, argv, report="generate")

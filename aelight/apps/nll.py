@@ -9,6 +9,7 @@ import time
 import torch
 
 from aelight.apps import common
+from aelight.arg_types import number
 
 
 def run(args) -> dict:
@@ -47,8 +48,8 @@ def main(argv=None) -> None:
         "image, the encoder as proposal), beside its ELBO.",
         "report.json (NLL and -ELBO in nats, samples, seconds) into <run>/apps/nll/ (or --out DIR).",
     )
-    parser.add_argument("--samples", type=common.positive_int, default=5000, help="importance samples per image (k)")
-    parser.add_argument("--chunk", type=common.positive_int, default=500, help="samples per decoder pass (memory)")
-    parser.add_argument("--batch_size", type=common.positive_int, default=100, help="test images per pass")
+    parser.add_argument("--samples", type=number(int, minimum=1), default=5000, help="importance samples per image (k)")
+    parser.add_argument("--chunk", type=number(int, minimum=1), default=500, help="samples per decoder pass (memory)")
+    parser.add_argument("--batch_size", type=number(int, minimum=1), default=100, help="test images per pass")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images (0: all)")
     common.run_main(run, parser, argv, report="nll")

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from aelight.apps import baselines, common
-from aelight.arg_types import whole_number
+from aelight.apps.code_figures import confusion, projector, scatter
+from aelight.apps.probes import chosen_C, knn_accuracy, logistic_predictions
+from aelight.arg_types import number
 
 ENCODE_BATCH = 250  # images encoded at once: a wide convolutional encoder's full-size maps take GBs for 2,000
 
@@ -51,7 +53,7 @@ def codes(args, baseline: Optional[Callable] = None) -> Codes:
     with ``baseline(train_rows, test_rows, val_count)``, of that baseline on the MNIST images the
     data options give (no model)."""
     if baseline is not None:
-        dm = common.data(args.data_dir, deskew=bool(args.deskew), val_size=args.val_size)
+        dm = common.mnist_data(args.data_dir, deskew=bool(args.deskew), val_size=args.val_size)
         train_x, train_y = common.full_training_set(dm, "cpu")
         test_x, test_y = common.images_and_labels(dm, "test", "cpu")
         val_count = len(dm.split_tensors("val")[1])
@@ -97,39 +99,6 @@ def pixels_read(model, trained: dict) -> str:
     return "deskewed" if deskews else "raw"
 
 
-def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k: int = 5) -> float:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    return float(KNeighborsClassifier(n_neighbors=k).fit(train_codes, train_labels).score(test_codes, test_labels))
-
-
-def logistic_predictions(train_codes, train_labels, test_codes, max_iter: int = 1000, C: float = 1.0) -> np.ndarray:
-    """Test-set labels predicted by a multinomial logistic regression (lbfgs, inverse regularisation
-    strength ``C``) on standardised codes. The codes are standardised in place: wide features (tens
-    of thousands per image for 60,000 images) are held once."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(copy=False), LogisticRegression(max_iter=max_iter, C=C))
-    return clf.fit(train_codes, train_labels).predict(test_codes)
-
-
-def chosen_C(
-    train_codes: np.ndarray, train_labels: np.ndarray, val_count: int, Cs: list[float], max_iter: int
-) -> tuple[float, dict[float, float]]:
-    """The regularisation of best validation accuracy (the first listed on a tie), and each one's
-    accuracy: fitted on the codes before the last ``val_count`` rows, scored on those rows. The
-    test set plays no part."""
-    fit_codes, fit_labels = train_codes[:-val_count], train_labels[:-val_count]
-    val_codes, val_labels = train_codes[-val_count:], train_labels[-val_count:]
-    accuracies = {}
-    for C in Cs:  # copies: the probe standardises its inputs in place
-        predicted = logistic_predictions(fit_codes.copy(), fit_labels, val_codes.copy(), max_iter, C)
-        accuracies[C] = float((predicted == val_labels).mean())
-    return max(Cs, key=accuracies.__getitem__), accuracies
-
-
 def run_reduce(args) -> dict:
     check_source(args)
     baseline, start = None, time.perf_counter()
@@ -164,35 +133,6 @@ def run_reduce(args) -> dict:
     errors = common.batched(lambda x: (model.reconstruct(x) - x).pow(2).flatten(1).mean(1), test_x[:n])
     projector(folder, test_c[:n], test_y[:n], test_x[:n], errors.float().cpu().numpy())
     return report
-
-
-def scatter(codes_2d: np.ndarray, labels: np.ndarray, accuracy: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    points = ax.scatter(codes_2d[:, 0], codes_2d[:, 1], c=labels, cmap="tab10", s=2, alpha=0.7)
-    fig.colorbar(points, ax=ax, ticks=sorted(set(labels.tolist())))
-    ax.set_title(f"test codes by label (5-NN accuracy {accuracy:.1%})")
-    return fig
-
-
-def projector(folder, test_codes, labels, images, errors) -> None:
-    """The TensorBoard embedding projector: codes with their digit label and reconstruction error
-    (per-image MSE; colour or label points by either), and image sprites."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    metadata = [[str(int(label)), f"{error:.5f}"] for label, error in zip(labels, errors)]
-    with SummaryWriter(str(folder)) as writer:
-        writer.add_embedding(
-            torch.from_numpy(test_codes),
-            metadata=metadata,
-            metadata_header=["label", "recon_error"],
-            label_img=images.cpu(),
-            tag="test_codes",
-        )
 
 
 def run_features(args) -> dict:
@@ -232,43 +172,13 @@ def run_features(args) -> dict:
     return report
 
 
-def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
-    """``counts[true, predicted]``."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(labels, predicted, labels=range(classes))
-
-
-def confusion(labels: np.ndarray, predicted: np.ndarray, accuracy: float, names: list[str]):
-    """The test confusion matrix, errors only (the diagonal is blanked so that the few errors show)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = confusion_counts(labels, predicted, len(names))
-    errors = counts.astype(float)
-    np.fill_diagonal(errors, np.nan)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(errors, cmap="Reds")
-    for (i, j), n in np.ndenumerate(counts):
-        if i != j and n:
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=7)
-    ticks = range(len(names))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted class", ylabel="true class")
-    ax.set_xticklabels(names, fontsize=6, rotation=90)
-    ax.set_yticklabels(names, fontsize=6)
-    ax.set_title(f"test errors of the linear classifier ({accuracy:.2%} correct)")
-    return fig
-
-
 def baseline_options(parser, choices: tuple, what: str, components: str) -> None:
     """``--ckpt_path`` (or a baseline instead), ``--baseline`` and its ``--components``."""
     parser.add_argument(
         "--ckpt_path", default=None, help="a checkpoint written by `aelight fit` (best.ckpt or last.ckpt)"
     )
     parser.add_argument("--baseline", choices=choices, default=None, help=what)
-    parser.add_argument("--components", type=whole_number(1), default=None, help=components)
+    parser.add_argument("--components", type=number(int, minimum=1), default=None, help=components)
     parser.add_argument("--seed_everything", type=int, default=42, help="a baseline's random state")
 
 
@@ -308,7 +218,7 @@ def reduce_parser():
 
     parser.add_argument(
         "--projector_images",
-        type=common.positive_int,
+        type=number(int, minimum=1),
         default=None,
         help="test images shown in the projector (default: all for a 2-D code, else 2000)",
     )
@@ -338,10 +248,10 @@ def features_parser():
     parser.add_argument(
         "--untrained", action="store_true", help="probe the checkpoint's network at its initial weights, untrained"
     )
-    parser.add_argument("--max_iter", type=common.positive_int, default=1000, help="iterations of the lbfgs solver")
+    parser.add_argument("--max_iter", type=number(int, minimum=1), default=1000, help="iterations of the lbfgs solver")
     parser.add_argument(
         "--C",
-        type=common.positive_float,
+        type=number(float, above=0),
         nargs="+",
         default=[1.0],
         help="inverse regularisation strength of the logistic regression (smaller: stronger); several "

@@ -1,7 +1,4 @@
-"""What ``aelight anomaly`` (on MNIST or a folder) and ``aelight export`` share: the scorer without
-learning, the name of a model's score and the threshold's percentile option."""
-
-import argparse
+"""The anomaly scorer without learning, of ``aelight anomaly --baseline`` (on MNIST or a folder)."""
 
 import torch
 
@@ -28,6 +25,11 @@ class PixelNearestNeighbours:
         if self.k > len(self.normal):
             raise ValueError(f"k = {self.k} nearest images asked of {len(self.normal)} normal training images")
 
+    @property
+    def anomaly_score_name(self) -> str:
+        images = "image" if self.k == 1 else f"{self.k} images"
+        return f"mean {self.distance} distance to the nearest normal training {images} (pixels)"
+
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         x = self._vectors(x)
         if self.distance == "cosine":
@@ -48,28 +50,3 @@ def baseline_scorer(name: str, distance=None, k=None) -> PixelNearestNeighbours:
             raise ValueError("--baseline pixel_nn is the Euclidean 1-NN; for another distance or k use --baseline knn")
         return PixelNearestNeighbours("euclidean", 1)
     return PixelNearestNeighbours(distance or "euclidean", k or 1)
-
-
-def score_name(model) -> str:
-    if isinstance(model, PixelNearestNeighbours):
-        images = "image" if model.k == 1 else f"{model.k} images"
-        return f"mean {model.distance} distance to the nearest normal training {images} (pixels)"
-    if hasattr(model, "sample"):
-        return "-ELBO (nats)"
-    if getattr(model, "error_and_codes", None) is None:
-        return "reconstruction MSE"
-    error = "relative restoration error" if model.score == "relative" else "restoration MSE"
-    if model.neighbours:
-        return f"{error} + distance to the {model.neighbours} nearest normal codes (logs scaled on validation)"
-    return f"{error}, mean over views"
-
-
-def percentile(text: str) -> float:
-    """argparse type: a number from 0 to 100."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
-    return value

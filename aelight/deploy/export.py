@@ -30,13 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from aelight import safe_files
-from aelight.apps import common
-from aelight.apps.scorers import percentile, score_name
+from aelight.arg_types import number
 from aelight.checkpoints import trust
 from aelight.components.deskew import deskewed
 from aelight.data import ImageFolderDataModule
 from aelight.deploy import detector
 from aelight.deploy.detector import DetectorError
+from aelight.run.application import add_data_options, run_main
+from aelight.run.models import load_model
+from aelight.run.run_data import batched, images_and_labels, is_folder_run, mnist_data, run_data
 from aelight.training.lightning_compat import jit_tracing
 
 TOLERANCE = 1e-4  # largest difference allowed between the runtime's outputs and PyTorch's
@@ -68,7 +70,7 @@ def sha256(path: str) -> str:
 
 @torch.no_grad()
 def scores_of(graph: Detector, images: Tensor) -> Tensor:
-    return common.batched(lambda x: graph(x)[1], images).float()
+    return batched(lambda x: graph(x)[1], images).float()
 
 
 def check_deterministic(graph: Detector, images: Tensor, model_name: str) -> None:
@@ -162,17 +164,17 @@ def check_out(out: Path) -> None:
     safe_files.check_writable(out.parent, "choose another --out")
 
 
-def run_data(checkpoint: dict, args):
+def detector_data(checkpoint: dict, args):
     """The data module of the checkpoint's run, serving raw pixels (a detector trained on deskewed
     MNIST deskews them itself, inside the graph), and whether it deskews."""
     trained = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    if common.is_folder_run(trained):
-        return common.run_data(trained, args.data_dir, args.root), False
+    if is_folder_run(trained):
+        return run_data(trained, args.data_dir, args.root), False
     settings = {k: trained[k] for k in DATA_SETTINGS if k in trained}
     deskew = bool(settings.pop("deskew", False))
     if args.val_size is not None:
         settings["val_size"] = args.val_size
-    return common.data(args.data_dir, **settings), deskew
+    return mnist_data(args.data_dir, **settings), deskew
 
 
 def threshold_data(dm) -> dict:
@@ -186,10 +188,10 @@ def run(args) -> dict:
     out = Path(args.out)
     check_out(out)
     checkpoint = trust.load_checkpoint(args.ckpt_path)
-    model = common.load_model(args.ckpt_path, "cpu", checkpoint)
-    dm, deskew = run_data(checkpoint, args)
-    val = common.images_and_labels(dm, "val", "cpu")[0]  # the normal images held out of training
-    model.fit_scorer(common.images_and_labels(dm, "train", "cpu")[0], val)
+    model = load_model(args.ckpt_path, "cpu", checkpoint)
+    dm, deskew = detector_data(checkpoint, args)
+    val = images_and_labels(dm, "val", "cpu")[0]  # the normal images held out of training
+    model.fit_scorer(images_and_labels(dm, "train", "cpu")[0], val)
     graph = Detector(model, deskew).eval()
     model_name = type(model).__name__
     check_deterministic(graph, val[:CHECK_IMAGES], model_name)
@@ -222,7 +224,7 @@ def run(args) -> dict:
                 "deskew": deskew,  # applied inside the graph: give raw images
             },
             "outputs": {"reconstruction": [channels, height, width], "score": "one number per image"},
-            "score": score_name(model),
+            "score": model.anomaly_score_name,
             "threshold": threshold,
             "threshold_from": {
                 "percentile": args.percentile,
@@ -264,17 +266,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `aelight fit`")
     parser.add_argument("--out", required=True, help="the export folder (a previous export there is replaced)")
     parser.add_argument("--format", choices=sorted(detector.MODEL_FILES), default="onnx", help="file format")
-    parser.add_argument("--data.data_dir", dest="data_dir", default="data/", help="folder holding MNIST/raw")
+    add_data_options(parser, val_size=None, deskew=False)  # the run's pixels: its own deskew setting
     parser.add_argument(
-        "--data.root", dest="root", default=None,
-        help="for a run on a folder of images: read them from here (default: the folder it trained on)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data.val_size", dest="val_size", type=int, default=None,
-        help="validation split of the training set (default: the checkpoint's run's)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--percentile", type=percentile, default=95.0,
+        "--percentile", type=number(float, minimum=0, maximum=100), default=95.0,
         help="threshold: this percentile (0-100) of the normal validation images' scores",
     )  # fmt: skip
     parser.set_defaults(device="cpu")  # exported on the CPU: the file runs anywhere
@@ -282,4 +276,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    common.run_main(run, parser(), argv)
+    run_main(run, parser(), argv)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from aelight import safe_files
 from aelight.deploy.detector import INPUT, DetectorError, read_metadata
-from aelight.errors import exit_with_error, user_message
+from aelight.errors import one_line_errors
 from aelight.image_files import IMAGE_SUFFIXES, images_in, is_image_name, read_pixels
 
 BATCH = 256  # images run at once
@@ -129,10 +129,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
-    try:
+    with one_line_errors():
         run(args)
-    except Exception as err:
-        message = user_message(err)
-        if message is None:
-            raise
-        exit_with_error(message)

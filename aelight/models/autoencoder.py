@@ -170,6 +170,8 @@ class AE(L.LightningModule):
         images and held-out normal (validation) images, for a score that remembers or calibrates on
         them (RestorationAE's neighbours). The reconstruction error needs neither."""
 
+    anomaly_score_name = "reconstruction MSE"  # what anomaly_score gives, in reports and exports
+
     @torch.no_grad()
     def anomaly_score(self, x: Tensor) -> Tensor:
         """Per-image score, higher = more anomalous: the reconstruction's mean squared error."""

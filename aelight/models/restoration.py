@@ -157,6 +157,13 @@ class RestorationAE(AE):
         distance = nearest_distance(codes, self.memory, self.neighbours)
         self.scales = (Standardizer.fit(error), Standardizer.fit(distance))
 
+    @property
+    def anomaly_score_name(self) -> str:
+        error = "relative restoration error" if self.score == "relative" else "restoration MSE"
+        if self.neighbours:
+            return f"{error} + distance to the {self.neighbours} nearest normal codes (logs scaled on validation)"
+        return f"{error}, mean over views"
+
     @torch.no_grad()
     def anomaly_score(self, x: Tensor) -> Tensor:
         error, codes = self.error_and_codes(x)

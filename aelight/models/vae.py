@@ -174,6 +174,8 @@ class VAE(AE):
         """``n`` images decoded from prior draws z ~ N(0, I)."""
         return self.decode(torch.randn(n, self.latent_dim, device=self.device))
 
+    anomaly_score_name = "-ELBO (nats)"
+
     @torch.no_grad()
     def anomaly_score(self, x: Tensor, samples: int = 10) -> Tensor:
         """Per-image -ELBO in nats (averaged over ``samples`` posterior draws)."""

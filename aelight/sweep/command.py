@@ -10,27 +10,23 @@ from typing import Optional
 from optuna.trial import TrialState
 
 from aelight import safe_files
-from aelight.arg_types import whole_number
-from aelight.errors import AelightError, ConfigError, exit_with_error, user_message
+from aelight.arg_types import number
+from aelight.errors import AelightError, ConfigError, one_line_errors
 from aelight.runtime import adopt_orphans, reap_orphans
 from aelight.sweep import preflight
 from aelight.sweep.results import write_results
 from aelight.sweep.spec import SweepSpec, as_list, load_spec, trial_options
+from aelight.sweep.storage import StorageUnreachable, is_storage_error, open_storage, shown_url, unreachable
 from aelight.sweep.study import (
     GRACE_S,
     PRUNING_MONITOR,
     STUDY_FILE,
     Machine,
-    StorageUnreachable,
     check_same_trials,
     counted,
-    is_storage_error,
     left_to_start,
-    open_storage,
     open_study,
     requeue_interrupted,
-    shown_url,
-    unreachable,
 )  # fmt: skip
 from aelight.sweep.workers import STORAGE_LOST, CheckingWorker, Stop, devices, start_workers, stop_workers, worker
 
@@ -82,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stale_after",
-        type=whole_number(2, "seconds"),
+        type=number(int, minimum=2, unit="seconds"),
         default=None,
         help=f"seconds without a heartbeat after which a trial running on another machine counts as lost and "
         f"is run again (default {GRACE_S}; give every machine of a study the same)",
@@ -232,12 +228,8 @@ def run(argv: Optional[list] = None) -> None:
     """``aelight sweep``: one-line errors for the user's mistakes, as the other commands."""
     previous = Stop.install()
     try:
-        main(argv)
-    except (AelightError, OSError) as err:
-        message = user_message(err)
-        if message is None:
-            raise
-        exit_with_error(message)
+        with one_line_errors():
+            main(argv)
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

@@ -61,7 +61,7 @@ def message(spec: SweepSpec, found: tuple[str, str]) -> str:
 
 def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, str]]:
     """In the child: the first (what, the parser's reason) among ``checks``' command lines."""
-    from aelight.cli import argument_problem
+    from aelight.run.api import argument_problem
 
     for what, argv in checks:
         command, *options = argv

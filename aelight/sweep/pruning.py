@@ -7,7 +7,8 @@ import os
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
-from aelight.sweep.study import PRUNING_MONITOR, rdb_storage, search_pruner
+from aelight.sweep.storage import rdb_storage
+from aelight.sweep.study import PRUNING_MONITOR, search_pruner
 from aelight.sweep.trial import TRIAL_ENV
 
 __all__ = ["PRUNING_MONITOR", "SweepPruning"]

@@ -21,8 +21,13 @@ HIGHER_IS_BETTER = {"auroc", "mean_auroc", "f1", "precision", "recall", "psnr", 
                     "knn5_val_accuracy", "autoencoder_minus_filter_psnr_db", "mean_top_class_confidence"}  # fmt: skip
 # an application's options by which its trials train no network: a baseline, or a network untrained
 NO_TRAINING_OPTIONS = ("--baseline", "--untrained")
-# settings that do not change how a trial runs: a continued sweep may give others
-NOT_TRIAL_SETTINGS = ("path", "description", "devices", "workers_per_device", "trials")
+# A fit's validation and training metrics have two values in a run, its best epoch's and its last's:
+# a spec names which, ``val/loss (best)`` or ``val/loss (last)``. Test and report metrics have one.
+FIT_METRICS = ("val/", "train/")
+WHICH_VALUES = ("best", "last")
+# settings that do not change how a trial runs: a continued sweep may give others (a trial keeps
+# every metric value of its runs, so its table can report any of them)
+NOT_TRIAL_SETTINGS = ("path", "description", "devices", "workers_per_device", "trials", "report")
 
 
 @dataclasses.dataclass
@@ -168,7 +173,7 @@ def load_spec(path: str) -> SweepSpec:
     if "direction" in raw:
         spec.direction = raw["direction"]
     else:  # what is better by its name: a score up, an error down
-        name = str(spec.metric).rsplit("/", 1)[-1].removesuffix("_best")
+        name = metric_name(str(spec.metric))[0].rsplit("/", 1)[-1].removesuffix("_best")
         spec.direction = "maximize" if name in HIGHER_IS_BETTER else "minimize"
     if spec.direction not in ("minimize", "maximize"):
         raise wrong("direction must be minimize or maximize")
@@ -177,7 +182,25 @@ def load_spec(path: str) -> SweepSpec:
         spec.report.insert(0, spec.metric)
     if not all(isinstance(m, str) for m in spec.report):
         raise wrong("metric and report name logged metrics, e.g. test/mse")
+    for name in spec.report:
+        logged, which = metric_name(name)
+        if logged.startswith(FIT_METRICS) and not logged.endswith("_best") and which is None:
+            key = "metric" if name == spec.metric else "report"
+            raise wrong(
+                f"{key}: {name} has two values in a run, its best epoch's and its last's; write "
+                f"'{name} (best)' or '{name} (last)'"
+            )
+        if which is not None and not logged.startswith(FIT_METRICS):
+            raise wrong(f"{name}: (best) and (last) name a value of a fit's val/ or train/ metric; {logged} has one")
     return spec
+
+
+def metric_name(name: str) -> tuple[str, Optional[str]]:
+    """A spec's metric as (the logged name, which value: best, last or None): ``val/loss (best)``."""
+    logged, _, which = name.partition(" (")
+    if which.removesuffix(")") in WHICH_VALUES and which.endswith(")"):
+        return logged, which.removesuffix(")")
+    return name, None
 
 
 def config_file(spec_path: str, config: str) -> Optional[str]:

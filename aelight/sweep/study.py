@@ -3,7 +3,6 @@ crashed sweep left behind (run again, never twice)."""
 
 import json
 import os
-import re
 import socket
 import time
 import warnings
@@ -13,8 +12,9 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from aelight.errors import AelightError, ConfigError
-from aelight.sweep.spec import SweepSpec, encode, trial_options
+from aelight.errors import ConfigError
+from aelight.sweep.spec import NOT_TRIAL_SETTINGS, SweepSpec, encode, trial_options
+from aelight.sweep.storage import rdb_storage
 
 RUNNING_HERE = "worker"  # user attribute: "<host>:<pid>" of the worker running a trial
 SPARE = "spare"  # user attribute of a trial a worker asked for when the spec's were all taken: not run
@@ -86,86 +86,6 @@ def sweep_storage(url: str, spec: SweepSpec, machine: Machine):
     )  # fmt: skip
 
 
-def rdb_storage(url: str, attempts: int = 8, **options) -> "optuna.storages.RDBStorage":
-    """Optuna's ``RDBStorage`` at ``url``, also when several machines open a new database at once:
-    each then creates Optuna's tables, and on PostgreSQL all but one fail on a type or table the
-    first made (a unique-key or duplicate-object error). Creating them is one transaction there,
-    so a second try finds them whole and only reads them."""
-    import sqlalchemy.exc
-
-    for attempt in range(attempts):
-        try:
-            storage = optuna.storages.RDBStorage(url, **options)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-        else:
-            if storage.engine.dialect.name == "sqlite":
-                writes_one_at_a_time(storage.engine)
-            return storage
-
-
-def writes_one_at_a_time(engine) -> None:
-    """Makes each transaction on a SQLite database take its write lock when it begins. SQLite has no
-    ``SELECT ... FOR UPDATE``, with which Optuna lets one worker alone take a queued trial: without
-    the lock two workers that ask at once both read the trial as waiting and both run it. (SQLAlchemy's
-    recipe for SQLite transactions: the driver's own BEGIN off, aelight's ``BEGIN IMMEDIATE`` on.)"""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def no_driver_begin(dbapi_connection, record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def begin_with_write_lock(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened while Optuna set up its tables would begin the old way
-
-
-def open_storage(url: str):
-    """Optuna's storage at ``url``; one clear error when it cannot be opened."""
-    try:
-        return rdb_storage(url)
-    except Exception as err:  # SQLAlchemy's and the database drivers' errors have no common base
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            f"--storage {url}: cannot open it as an Optuna storage ({reason}); give a database URL such as "
-            "sqlite:///sweep.db or postgresql://user@host/db"
-        ) from None
-
-
-class StorageUnreachable(AelightError):
-    """The study's database went away (a server stopped, a network cut) while the sweep ran."""
-
-
-def is_storage_error(err: BaseException) -> bool:
-    """Whether ``err`` (or what it wraps) says the study's database cannot be reached or used."""
-    import sqlalchemy.exc
-
-    while err is not None:
-        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(err, optuna.exceptions.StorageInternalError):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def shown_url(url: str) -> str:
-    """A storage URL fit to print: its password, if any, left out."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def unreachable(url: str, err: BaseException) -> StorageUnreachable:
-    reason = (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
-    return StorageUnreachable(
-        f"the sweep's storage {shown_url(url)} cannot be reached ({reason[:200]}); trials under way were not "
-        "recorded as completed: run the same command again when the database is back, and they run again"
-    )
-
-
 def search_pruner():
     """The pruner of a search with ``prune: true``: a trial stops when, from its third epoch on, its
     ``PRUNING_MONITOR`` is worse than the median of earlier
@@ -184,7 +104,10 @@ def check_same_trials(study, spec: SweepSpec, extra: list[str], out: str) -> boo
     if recorded is None:
         study.set_user_attr("trials_run_as", mine)
         return True
-    recorded = {**recorded, "options": trial_options(recorded["options"])}  # as an earlier aelight recorded them
+    recorded = {  # as an earlier aelight recorded them, less what no longer decides how trials run
+        "spec": {k: v for k, v in recorded["spec"].items() if k not in NOT_TRIAL_SETTINGS},
+        "options": trial_options(recorded["options"]),
+    }
     if recorded == mine:
         return False
     if recorded["options"] != mine["options"]:

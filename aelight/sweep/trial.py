@@ -16,7 +16,16 @@ import optuna
 
 from aelight import run_result
 from aelight.sweep import study as sweep_study
-from aelight.sweep.spec import APP_DATA_OPTIONS, APPLIED, SweepSpec, encode, linked_value, option, trial_options
+from aelight.sweep.spec import (
+    APP_DATA_OPTIONS,
+    APPLIED,
+    FIT_METRICS,
+    SweepSpec,
+    encode,
+    linked_value,
+    option,
+    trial_options,
+)
 from aelight.sweep.study import RUNNING_HERE, SPARE, Machine, interrupted, taken_by_another
 from aelight.sweep.trial_process import BEST_CHECKPOINT, TrialCommand
 from aelight.sweep.trial_process import run_commands as run_in_child
@@ -108,6 +117,20 @@ def last_checkpoint(seed_folder: Path) -> Optional[Path]:
     return max(found, key=lambda p: int(p.parent.parent.name.removeprefix("version_"))) if found else None
 
 
+def values_by_name(result: run_result.RunResult) -> dict:
+    """A run's metrics by the names a spec gives them: each logged name, and a fit's validation and
+    training metrics also as ``NAME (last)`` (the last epoch's) and ``NAME (best)`` (the best
+    epoch's, as the checkpoint monitor kept it or the model logged it as ``NAME_best``)."""
+    values = result.all_metrics()
+    final, best = result.metrics.get("final", {}), result.metrics.get("best", {})
+    for name, value in final.items():
+        if name.startswith(FIT_METRICS) and not name.endswith("_best"):
+            values[f"{name} (last)"] = value
+            if best.get(name, final.get(f"{name}_best")) is not None:
+                values[f"{name} (best)"] = best.get(name, final.get(f"{name}_best"))
+    return values
+
+
 def completed_fit(command: TrialCommand) -> Optional[run_result.RunResult]:
     """The result of an interrupted attempt's fit that had completed (its test or application had
     not), or None: continuing that fit from its last checkpoint would train no epoch and log nothing."""
@@ -127,7 +150,7 @@ def run_seed(commands: list[TrialCommand], env: dict, log: Path, continued: bool
     continue an interrupted attempt's, whose completed fit is kept rather than run again."""
     Path(commands[0].result_file).parent.mkdir(parents=True, exist_ok=True)
     fitted = completed_fit(commands[0]) if continued else None
-    metrics: dict = fitted.all_metrics() if fitted else {}
+    metrics: dict = values_by_name(fitted) if fitted else {}
     if fitted:
         best = fitted.checkpoints.get("best") or BEST_CHECKPOINT  # none: the command says the fit wrote none
         after_fit = commands[1:]
@@ -145,7 +168,7 @@ def run_seed(commands: list[TrialCommand], env: dict, log: Path, continued: bool
         if result.status != run_result.COMPLETED:
             ended = "exited with" if result.status == run_result.FAILED else f"{result.status}, exit code"
             raise TrialFailed(f"aelight {result.command} {ended} {result.exit_code}: {result.reason}"[:500])
-        metrics |= result.all_metrics()
+        metrics |= values_by_name(result)
         if result.command == "anomaly":  # one digit's numbers by their own names (auroc, f1...)
             digits = {k.split("/")[1] for k in result.metrics["report"] if k.startswith("digits/")}
             if len(digits) == 1:
@@ -213,7 +236,7 @@ def run_trial(
                     log.write(f"aelight sweep: trial {trial.number} continues seed {seed}'s fit from {resume}\n")
             commands = trial_commands(spec, params, seed, run_root, extra, resume=resume)
             metrics = run_seed(commands, env, run_root / "output.log", continued=resume is not None)
-            per_seed[str(seed)] = {m: metrics.get(m) for m in spec.report}
+            per_seed[str(seed)] = {m: v for m, v in metrics.items() if isinstance(v, (int, float))}
             value = metrics.get(spec.metric)
             if value is None:
                 logged = ", ".join(sorted(m for m in metrics if "/" in m or spec.command == "anomaly"))

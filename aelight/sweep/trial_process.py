@@ -15,9 +15,9 @@ from aelight import run_result
 from aelight.errors import exit_with_error
 from aelight.runtime import PARENT_ENV
 
-# what the forkserver imports once for all its children: the CLI and, through it, torch, Lightning and
+# what the forkserver imports once for all its children: the run layer and, through it, torch, Lightning and
 # the models (an application imports its own module in the child)
-PRELOAD = ["aelight.commands", "aelight.cli", "aelight.apps.common"]
+PRELOAD = ["aelight.commands", "aelight.run.api", "aelight.apps.common"]
 STOP_WAIT_S = 30  # how long a stopped trial's run may take to write its last checkpoint before it is killed
 # in a command's arguments: the best checkpoint that an earlier command of the trial (its fit) wrote,
 # as its result.json says

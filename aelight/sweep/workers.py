@@ -20,6 +20,7 @@ from aelight.runtime import PARENT_ENV
 from aelight.sweep import preflight
 from aelight.sweep.results import progress_line
 from aelight.sweep.spec import SweepSpec, load_spec
+from aelight.sweep.storage import is_storage_error, unreachable
 from aelight.sweep.study import (
     RUNNING_HERE,
     SPARE,
@@ -27,10 +28,8 @@ from aelight.sweep.study import (
     alive,
     counted,
     has_drawn,
-    is_storage_error,
     left_to_start,
     open_study,
-    unreachable,
 )  # fmt: skip
 from aelight.sweep.trial import TrialFailed, objective, run_trial
 

@@ -4,6 +4,7 @@ Each has no public equivalent in Lightning 2.6; ``tests/test_lightning_compat.py
 Lightning release changes one of them, and pyproject.toml admits only the tested Lightning range.
 """
 
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.overrides.distributed import prepare_for_backward
 
@@ -22,9 +23,21 @@ def logger_will_write(trainer) -> bool:
     return connector is None or connector.should_update_logs
 
 
-# LightningCLI calls this method of itself right after parsing, before instantiating anything;
-# aelight.cli.AELightCLI overrides it to check a checkpoint before its hyperparameters are read.
+# LightningCLI calls this method of itself right after parsing, before instantiating anything (it
+# reads the checkpoint's hyperparameters there); CheckpointCheckingCLI overrides it.
 CLI_CHECKPOINT_HOOK = "_parse_ckpt_path"
+
+
+class CheckpointCheckingCLI(LightningCLI):
+    """LightningCLI whose step between parsing and instantiating is ``read_checkpoint``: aelight
+    checks a checkpoint (weights-only, its class paths allowed) before anything it names is imported,
+    instead of Lightning's reading of its hyperparameters."""
+
+    def read_checkpoint(self) -> None:
+        raise NotImplementedError
+
+
+setattr(CheckpointCheckingCLI, CLI_CHECKPOINT_HOOK, lambda self: self.read_checkpoint())
 
 
 def summary_file_writer(writer):
