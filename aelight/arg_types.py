@@ -42,3 +42,13 @@ def true_or_false(text: str) -> bool:
     if value in ("false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def never_download(text: str) -> bool:
+    """argparse type of ``--data.download`` for a command that reads a checkpoint's data: false only."""
+    if true_or_false(text):
+        raise argparse.ArgumentTypeError(
+            "a command on a checkpoint reads the data its fit downloaded; download with `aelight fit ... "
+            "--data.download true`"
+        )
+    return False

@@ -8,9 +8,10 @@ import sys
 import threading
 from typing import Optional
 
-from aelight import safe_files
+from aelight import run_result, safe_files
 from aelight.errors import one_line_errors
 from aelight.run import api
+from aelight.runtime import is_higher_rank
 
 
 def _quiet_output_errors_in_threads(args) -> None:
@@ -30,3 +31,16 @@ def run_training(argv: Optional[list[str]] = None) -> None:
     threading.excepthook = _quiet_output_errors_in_threads
     with one_line_errors(where=api.output_folder):
         api.execute(sys.argv[1:] if argv is None else argv)
+    result = run_result.current()
+    if result is not None and result.command == "fit" and result.folder and not is_higher_rank():
+        print(ended_fit(result), file=sys.stderr)
+
+
+def ended_fit(result: run_result.RunResult) -> str:
+    """Where a fit went, its last line: the run folder, the best checkpoint and its monitored value."""
+    line = f"aelight: run folder {result.folder}"
+    best = result.checkpoints.get("best")
+    if best:
+        values = ", ".join(f"{name} {value:.6g}" for name, value in result.metrics.get("best", {}).items())
+        line += f"; best checkpoint {best}" + (f" ({values})" if values else "")
+    return line

@@ -113,6 +113,8 @@ def one_line_errors(
         exit_with_error(f"{err} ({err.prog} --help lists the options)", code=2)
     except RunStopped as stop:
         exit_saying(str(stop), stop.exit_code)
+    except KeyboardInterrupt:  # outside a training run, whose trainer answers Ctrl-C itself
+        exit_saying("interrupted by Ctrl-C; what was written before is intact: run the command again", 130)
     except Exception as err:
         message = user_message(err, where=where() if callable(where) else where)
         if message is None:

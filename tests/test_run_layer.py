@@ -53,6 +53,14 @@ def test_the_command_line_says_a_parse_error_in_one_line_and_exits_2(cli_args, c
     assert len(err) == 1 and err[0].startswith("aelight: error:") and "aelight fit --help" in err[0]
 
 
+def test_fit_on_the_command_line_ends_with_its_run_folder_and_best_checkpoint(cli_args, capsys):
+    aelight_command(["fit", "--config=configs/ae.yaml", *cli_args()])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    folder = next(Path(cli_args()[-1].split("=", 1)[1]).glob("ae/version_*"))
+    assert last.startswith(f"aelight: run folder {folder.resolve()}") or str(folder) in last
+    assert "best checkpoint" in last and "best.ckpt (val/loss " in last
+
+
 def test_anomaly_trains_a_user_s_own_variant_and_loads_back_the_checkpoint_it_wrote(tiny_data, tmp_path, monkeypatch):
     (tmp_path / "mylab_variants.py").write_text(
         textwrap.dedent(
@@ -144,3 +152,22 @@ def test_a_sweep_metric_of_a_fit_names_its_best_or_its_last_value(tmp_path):
     assert values["val/loss (last)"] == 0.30 and values["val/loss (best)"] == 0.25
     assert values["val/mse (last)"] == 0.02 and values["val/mse (best)"] == 0.01
     assert "test/mse (best)" not in values and values["test/mse"] == 0.5
+
+
+def test_every_command_on_a_checkpoint_takes_fit_s_data_download_option_and_refuses_abbreviations(capsys):
+    from aelight.apps import represent
+    from aelight.deploy import export
+
+    for parser in (represent.parser("features"), export.parser()):
+        args = parser.parse_args(["--ckpt_path=x.ckpt", "--out=o", "--data.download", "false"])
+        assert args.download is False
+        with pytest.raises(SystemExit):  # what it abbreviates is not guessed
+            parser.parse_args(["--ckpt_path=x.ckpt", "--out=o", "--data.data_d", "data/"])
+        assert "unrecognized arguments: --data.data_d" in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # the data of a checkpoint were fetched by its fit
+            parser.parse_args(["--ckpt_path=x.ckpt", "--out=o", "--data.download", "true"])
+        assert "aelight fit ... --data.download true" in capsys.readouterr().err
+    with pytest.raises(ArgumentsError, match="unrecognized arguments: --trainer.max_epoch"):
+        from aelight.run.api import parsed
+
+        parsed(["--config=configs/ae.yaml", "--trainer.max_epoch=1"])

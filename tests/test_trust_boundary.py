@@ -388,6 +388,23 @@ def test_sigterm_mid_training_exits_143_and_the_run_resumes(tiny_data, tmp_path)
     assert torch.load(last, weights_only=True)["epoch"] == epoch + 1
 
 
+def test_ctrl_c_mid_training_exits_130_records_an_interruption_and_says_how_to_continue(tiny_data, tmp_path):
+    logs = tmp_path / "logs"
+    proc = start(aelight_cmd(*tiny_args(tiny_data, logs, "fit", "--config=configs/ae.yaml", epochs=100000)))
+    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    code, _, err = finish(proc, timeout=120)
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    assert "--ckpt_path last" in err.strip().splitlines()[-1]  # the last line says how to continue
+    result = json.loads((logs / "ae" / "version_0" / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["exit_code"] == 130 and "Ctrl-C" in result["reason"]
+
+
 def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previous_one(
     tiny_data, tmp_path, monkeypatch, capsys
 ):

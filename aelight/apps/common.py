@@ -26,6 +26,7 @@ def application_parser(
     ``--data.data_dir``); ``writes`` (what the command writes) ends its ``--help``."""
     parser = argparse.ArgumentParser(
         prog=f"aelight {name}",
+        allow_abbrev=False,  # an abbreviated option is refused, as by aelight fit
         description=description,
         epilog=f"Writes {writes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -255,6 +255,7 @@ def run(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aelight export",
+        allow_abbrev=False,
         description="A trained checkpoint as a deployable anomaly detector: the model with its\n"
         "per-image anomaly score, and the threshold chosen on the run's normal validation images.",
         epilog="Writes model.onnx (or model.pt with --format torchscript) and metadata.json (input\n"

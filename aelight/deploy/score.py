@@ -116,6 +116,7 @@ def run(args) -> None:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aelight score",
+        allow_abbrev=False,
         description="Applies a detector written by `aelight export` to image files and folders.",
         epilog="Prints CSV lines path,score,anomalous (1: score above the export's threshold), or writes\n"
         "them to --out FILE. Needs onnxruntime, numpy and Pillow only.",

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from aelight import safe_files
-from aelight.arg_types import number, true_or_false
+from aelight.arg_types import never_download, number, true_or_false
 from aelight.errors import AelightError, one_line_errors
 from aelight.run.folders import report_folder
 from aelight.run.recording import record_report
@@ -21,6 +21,10 @@ def add_data_options(parser: argparse.ArgumentParser, val_size: Optional[int] = 
     folder), spelt as in ``aelight fit``. ``val_size``: the default validation split (None: the
     checkpoint's run's)."""
     parser.add_argument("--data.data_dir", dest="data_dir", default="data/", help="folder holding MNIST/raw")
+    parser.add_argument(
+        "--data.download", dest="download", type=never_download, default=False,
+        help="as in aelight fit; only false here: the data were fetched by the fit that trained the checkpoint",
+    )  # fmt: skip
     parser.add_argument(
         "--data.val_size",
         dest="val_size",

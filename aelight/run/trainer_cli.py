@@ -222,7 +222,9 @@ def build_cli(args: list, run: bool = True, cli_class: type = AELightCLI) -> AEL
             "callbacks": [TensorBoardRun()],  # added to every run's callbacks: step axis, HParams
         },
         parser_class=ArgumentsParser,
-        parser_kwargs={"prog": "aelight"},  # as the user typed it, not ``__main__.py``
+        # as the user typed it, not ``__main__.py``; an abbreviated option (--trainer.max_epoch) is refused,
+        # not taken silently for the one it abbreviates
+        parser_kwargs={"prog": "aelight", "allow_abbrev": False},
         args=args,
         run=run,
     )

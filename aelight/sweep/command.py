@@ -34,6 +34,7 @@ from aelight.sweep.workers import STORAGE_LOST, CheckingWorker, Stop, devices, s
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aelight sweep",
+        allow_abbrev=False,
         description="Many runs from one YAML spec, on every device, with Optuna as the engine.\n\n"
         "The spec's keys: config (base config files, found beside the spec, then in the current folder),\n"
         "grid ({option: [values]}, config files too),\n"
