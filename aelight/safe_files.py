@@ -15,6 +15,11 @@ from collections.abc import Iterator
 
 from aelight.errors import NO_SPACE, AelightError
 
+# The mode a file created by open() gets: 0666 less the process's umask (read once, as setting it is
+# the only way to read it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 # mkstemp's random part is 8 characters of [a-z0-9_]
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -45,6 +50,7 @@ def atomic_path(path, what: str = "file") -> Iterator[str]:
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 is for its secrecy; the file gets the mode open() gives
         os.close(fd)
     except OSError as err:
         raise output_error(err, path, what) from None

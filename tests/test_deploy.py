@@ -5,6 +5,7 @@ same images, and bad input refused in one line with nothing written."""
 import glob
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,12 @@ from aelight.apps import common
 from aelight.commands import main as aelight
 from aelight.deploy import export
 from tests.conftest import REPO, short_run_args
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +60,8 @@ def fails_with(capsys, *argv) -> str:
 def test_the_export_holds_the_threshold_of_the_normal_validation_images_and_what_made_it(detectors, tiny_data):
     meta = json.loads((detectors["onnx"] / "metadata.json").read_text())
     assert sorted(p.name for p in detectors["onnx"].iterdir()) == ["metadata.json", "model.onnx"]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in detectors["onnx"].iterdir()}
+    assert modes["metadata.json"] == modes["model.onnx"] == 0o666 & ~current_umask()  # as open() makes files
     assert meta["input"]["shape"] == [1, 28, 28] and meta["input"]["channels"] == 1
     assert meta["class_names"][3] == "3 - three" and len(meta["class_names"]) == 10  # torchvision's label names
     assert meta["model"]["checkpoint_sha256"] == hashlib.sha256(open(detectors["ae"], "rb").read()).hexdigest()
