@@ -180,7 +180,8 @@ def test_a_machine_killed_mid_trial_has_its_trial_run_again_by_the_other_after_t
     server, tiny_data, tmp_path
 ):
     url = server.database("killed")
-    slow = write_spec(tmp_path, SMALL, options=[*BRIEF, "--trainer.max_epochs=3"])
+    # trials long enough (12 brief epochs) that one is seen running on lab-a, even on a loaded machine
+    slow = write_spec(tmp_path, SMALL, options=[*BRIEF, "--trainer.max_epochs=12"])
     a = machine(slow, tmp_path / "a", tiny_data, url, "lab-a", "--stale_after=4")
     time.sleep(1)  # lab-a makes the study, lab-b joins it
     b = machine(slow, tmp_path / "b", tiny_data, url, "lab-b", "--stale_after=4")
