@@ -15,6 +15,7 @@ from typing import Optional
 import optuna
 
 from aelight import run_result
+from aelight.run import folders
 from aelight.sweep import study as sweep_study
 from aelight.sweep.spec import (
     APP_DATA_OPTIONS,
@@ -31,7 +32,6 @@ from aelight.sweep.trial_process import BEST_CHECKPOINT, TrialCommand
 from aelight.sweep.trial_process import run_commands as run_in_child
 
 TRIAL_ENV = "AELIGHT_SWEEP_TRIAL"  # storage URL, study name and trial number, for a run's pruning callback
-LAST_CHECKPOINTS = "version_*/checkpoints/last.ckpt"  # under a seed's folder: its runs' last checkpoints
 PRUNING_CALLBACK = '--trainer.callbacks+={"class_path": "aelight.sweep.pruning.SweepPruning"}'
 
 
@@ -106,15 +106,14 @@ def earlier_attempt(trial, spec: SweepSpec) -> Optional[Path]:
     earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and interrupted(t)]
     for t in sorted(earlier, key=lambda t: t.number, reverse=True):
         run = t.user_attrs.get("run")
-        if run and sweep_study.key(t.params) == mine and any(Path(run).glob(f"seed*/{LAST_CHECKPOINTS}")):
+        if run and sweep_study.key(t.params) == mine and any(map(last_checkpoint, Path(run).glob("seed*"))):
             return Path(run)
     return None
 
 
 def last_checkpoint(seed_folder: Path) -> Optional[Path]:
-    """The newest run's last.ckpt under one seed's folder (``seed<n>/version_<k>/checkpoints/``), or None."""
-    found = list(seed_folder.glob(LAST_CHECKPOINTS))
-    return max(found, key=lambda p: int(p.parent.parent.name.removeprefix("version_"))) if found else None
+    """The newest run's last.ckpt under one seed's folder (an experiment's folder of runs), or None."""
+    return folders.newest_checkpoint(seed_folder, "last")
 
 
 def values_by_name(result: run_result.RunResult) -> dict:
