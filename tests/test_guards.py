@@ -44,3 +44,27 @@ def test_data_classes_keeps_only_those_digits_in_training_and_validation_and_eve
     every = mnist_data(str(tiny_data), val_size=100)
     threes = (every.split_tensors("val")[1] == 3).sum().item()
     assert len(dm.split_tensors("val")[1]) == threes  # the same held-out images, filtered
+
+
+def test_ctrl_c_inside_a_checkpoint_write_lands_after_it_with_the_file_whole(tmp_path, monkeypatch):
+    import signal
+
+    import torch
+
+    from aelight.checkpoints.io import SafeCheckpointIO
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the bytes are being written
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    path = tmp_path / "last.ckpt"
+    try:
+        SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the Ctrl-C was lost")
+    assert torch.load(path, weights_only=True)["state_dict"]["w"].sum().item() == 3
