@@ -39,7 +39,6 @@ from aelight.apps.scorers import BASELINES, DISTANCES, baseline_scorer
 from aelight.arg_types import number
 from aelight.data.folder import ImageFolderDataModule
 from aelight.run import api
-from aelight.run.recording import log_to_run
 
 SCORES_HEADER = ("index", "label", "score", "anomalous")
 
@@ -159,8 +158,8 @@ def run(args) -> dict:
             model, dm, best, seconds, trainer = train_one_class(args, digit)
         report["score"] = model.anomaly_score_name
         result, scores, anomalous = evaluate_digit(model, dm, digit, args.device, args.percentile)
-        if trainer is not None:  # HParams compares the digits (and a one-class sweep's trials) by them
-            log_to_run(trainer, {f"anomaly/{k}": result[k] for k in ("auroc", "f1", "precision", "recall")})
+        if trainer is not None:
+            folder_anomaly.log_anomaly_figures(trainer, result)
         report["digits"][str(digit)] = {**result, "checkpoint": best, "train_seconds": seconds}
         histograms[digit] = (scores, anomalous, result["threshold"])
         rows.append((digit, dm.split_tensors("test")[1], scores, scores > result["threshold"]))

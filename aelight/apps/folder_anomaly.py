@@ -39,6 +39,13 @@ def folder_options(args, *options: str) -> list[str]:
     ]
 
 
+def log_anomaly_figures(trainer, result: dict) -> None:
+    """A detector's AUROC, F1, precision and recall into the run it trained, so TensorBoard's
+    HParams compares runs (a one-class sweep's digits and trials) by them."""
+    figures = ("auroc", "f1", "precision", "recall")
+    log_to_run(trainer, {f"anomaly/{k}": result[k] for k in figures if result[k] is not None})
+
+
 def checked_layout(dm) -> ImageFolderDataModule:
     if not isinstance(dm, ImageFolderDataModule) or dm.layout.kind != "anomaly":
         raise DataError(
@@ -140,8 +147,7 @@ def run(args) -> dict:
         best, model = trained.result.checkpoints["best"], trained.best_model(args.device)
     result, scores = evaluate(model, dm, args.device, args.percentile)
     if not args.baseline:
-        figures = ("auroc", "f1", "precision", "recall")
-        log_to_run(trained.trainer, {f"anomaly/{k}": result[k] for k in figures if result[k] is not None})
+        log_anomaly_figures(trained.trainer, result)
     report = {
         "config": args.config,
         "options": args.override,

@@ -45,9 +45,7 @@ def execute(argv: Sequence[str]) -> AELightCLI:
     mistake in the input."""
     trainer_cli.state = state = trainer_cli.RunState()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=ARGS_WARNING)
-            return build_cli(list(argv))
+        return _built(argv)
     except SIGTERMException:
         raise RunStopped(f"stopped by SIGTERM; {CONTINUE}", SIGTERM_EXIT) from None
     except SystemExit as exit_:
@@ -157,9 +155,7 @@ def parsed(options: Sequence[str]):
     """The config that ``aelight fit OPTIONS`` would run (parsed and checked, nothing instantiated,
     run or written); ``ArgumentsError`` when the options do not parse."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=ARGS_WARNING)
-            build_cli(list(options), run=False, cli_class=_ParseOnlyCLI)
+        _built(options, run=False, cli_class=_ParseOnlyCLI)
     except _Parsed as done:
         return done.config
     raise AssertionError("LightningCLI instantiated classes before reading the checkpoint")
@@ -177,6 +173,11 @@ def argument_problem(options: Sequence[str]) -> Optional[str]:
 def prepared(options: Sequence[str]) -> AELightCLI:
     """``aelight fit OPTIONS``' model, data module and trainer, built but not run (an untrained
     network's scores); give ``--trainer.logger=false`` for nothing to be written."""
+    return _built(options, run=False)
+
+
+def _built(args: Sequence[str], **kwargs) -> AELightCLI:
+    """``build_cli`` on arguments handed on on purpose (no warning about the process's own)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_WARNING)
-        return build_cli(list(options), run=False)
+        return build_cli(list(args), **kwargs)
