@@ -25,10 +25,10 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def images_in(folder: str, strict: bool = True) -> list[str]:
+def images_in(folder: str) -> list[str]:
     """The image files under ``folder`` (searched recursively, sorted; hidden files and folders
-    skipped). ``strict``: any other file there is an error that names it, as a stray file in a
-    training folder is more likely a mistake than something to skip silently."""
+    skipped). Any other file there is an error that names it, in training and ``score`` alike: a
+    stray file in an image folder is more likely a mistake than something to skip silently."""
     found = []
     for root, folders, names in os.walk(folder):
         folders[:] = sorted(f for f in folders if not is_hidden(f))
@@ -37,7 +37,7 @@ def images_in(folder: str, strict: bool = True) -> list[str]:
                 continue
             if is_image_name(name):
                 found.append(os.path.join(root, name))
-            elif strict:
+            else:
                 raise ImageFileError(
                     f"{os.path.join(root, name)}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}); "
                     "move it out of the image folder"
@@ -79,18 +79,13 @@ def read_pixels(
     channels: int,
     resize: Optional[Sequence[int]] = None,
     center_crop: Optional[Sequence[int]] = None,
-    strict_channels: bool = False,
 ):
-    """One image as uint8 numpy (H, W, C): converted to ``channels`` (1: grayscale, 3: RGB),
-    resized to ``resize`` (height, width; bilinear), then centre-cropped to ``center_crop``.
-    ``strict_channels``: an image of the other kind is an error instead of being converted."""
+    """One image as uint8 numpy (H, W, C): converted to ``channels`` (1: grayscale, 3: RGB; an
+    image of the other kind is converted, as Pillow converts it), resized to ``resize`` (height,
+    width; bilinear), then centre-cropped to ``center_crop``."""
     import numpy as np
 
     image = open_image(path)
-    bands = image_bands(image)
-    if strict_channels and bands != channels:
-        kind = "grayscale (1 channel)" if channels == 1 else "RGB (3 channels)"
-        raise ImageFileError(f"{path}: an image of {bands} channels ({image.mode}); the model takes {kind}")
     image = image.convert("L" if channels == 1 else "RGB")
     if resize:
         image = image.resize((resize[1], resize[0]), resample=2)  # 2: Pillow's BILINEAR

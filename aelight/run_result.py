@@ -5,7 +5,7 @@ in its run folder (``<save_dir>/<name>/version_N/``) or report folder: ``result.
 command's that ran there, ``result_<command>.json`` each command's own (a ``test`` of a run's best
 checkpoint logs into that run's folder, beside its ``fit``). It is also written at the path in
 ``AELIGHT_RESULT_FILE`` when that is set (a sweep names one per command, so it learns how a run
-ended even when it failed before it had a folder). Its schema (``SCHEMA``) is in README.md:
+ended even when it failed before it had a folder). Its schema (``SCHEMA``) is in docs/runs.md:
 
     {"schema": 1, "command": "fit", "status": "completed", "exit_code": 0, "reason": "",
      "metrics": {"final": {...}, "best": {...}, "test": {...}, "report": {...}},

@@ -167,6 +167,18 @@ def test_anomaly_command(tiny_data, tmp_path):
         decided = [int(r["anomalous"]) for r in mine]
         assert decided == [int(float(r["score"]) > report["digits"][digit]["threshold"]) for r in mine]
         assert f1_score(truth, decided) == pytest.approx(report["digits"][digit]["f1"])
+    # the score's direction, against its oracle: each test image's reconstruction MSE under the digit's
+    # best checkpoint, higher for more anomalous (a flipped score keeps every check above consistent)
+    from aelight.apps import common
+
+    test_images, _ = common.images_and_labels(common.mnist_data(str(tiny_data), val_size=100), "test", "cpu")
+    for digit in ("0", "3"):
+        checkpoint = tmp_path / "logs" / f"anomaly_digit{digit}" / "version_0" / "checkpoints" / "best.ckpt"
+        model = common.load_model(str(checkpoint), "cpu")
+        with torch.no_grad():
+            mse = (model.reconstruct(test_images) - test_images).pow(2).flatten(1).mean(1).numpy()
+        scores = np.array([float(r["score"]) for r in rows if r["normal_digit"] == digit])
+        assert np.allclose(scores, mse, rtol=1e-4, atol=1e-7)
 
 
 def test_pixel_nearest_neighbour_baseline_trains_nothing_and_scores_by_distance(tiny_data, tmp_path):

@@ -308,11 +308,11 @@ def test_a_sweep_s_options_are_checked_by_the_trials_parser_value_by_value(tmp_p
 
     monkeypatch.chdir(REPO)
 
-    def first_problem(grid: dict, search: dict):
+    def first_problem(grid: dict, search: dict, given: tuple = ()):
         path = tmp_path / "spec.yaml"
         path.write_text(yaml.safe_dump({"config": "configs/ae.yaml", "grid": grid, "search": search, "trials": 2}))
-        checks = [(what, c.argv) for what, c in preflight.trial_checks(spec.load_spec(str(path)), [], tmp_path)]
-        return preflight.first_problem(checks)
+        checks = preflight.trial_checks(spec.load_spec(str(path)), list(given), tmp_path)
+        return preflight.first_problem([(what, c.argv, bare.argv) for what, c, bare in checks])
 
     for grid, search, named, reason in (  # each grid value, each end of a search range, each choice
         ({"data.batch_size": [16, "many"]}, {}, "grid.data.batch_size: 'many'", "data.batch_size"),
@@ -327,6 +327,16 @@ def test_a_sweep_s_options_are_checked_by_the_trials_parser_value_by_value(tmp_p
         )
         is None
     )
+    # a typo on the sweep's own command line is blamed on the command line, not on the first grid value
+    what, problem = first_problem({"data.batch_size": [16, 32]}, {}, ("--trainer.max_epocs=1",))
+    assert what == preflight.COMMAND_LINE and "max_epocs" in problem
+    assert preflight.message(None, (what, problem)).startswith("aelight sweep: an option given on its command line")
+    # an abbreviation of a trial option is refused, not taken for the option it abbreviates
+    what, problem = first_problem({"data.batch_size": [16, 32]}, {}, ("--trainer.max_epoch=1",))
+    assert what == preflight.COMMAND_LINE and "max_epoch" in problem
+    # a bad grid value stays the grid value's, whatever the command line adds
+    what, _ = first_problem({"data.batch_size": [16, "many"]}, {}, ("--trainer.max_epochs=1",))
+    assert what == "grid.data.batch_size: 'many'"
 
 
 def test_class_paths_that_configs_of_earlier_releases_name_still_parse_to_the_same_classes():

@@ -139,7 +139,6 @@ def test_bad_images_and_folders_are_one_line_naming_the_file(detectors, tmp_path
     (tmp_path / "empty").mkdir()
     out = tmp_path / "scores.csv"
     for path, says in (
-        (tmp_path / "colour.png", "an image of 3 channels (RGB); the model takes grayscale (1 channel)"),
         (tmp_path / "large.png", "32x32 pixels; the model takes 28x28"),
         (tmp_path / "broken.png", "not a readable image"),
         (tmp_path / "notes.txt", "not an image file"),
@@ -151,6 +150,21 @@ def test_bad_images_and_folders_are_one_line_naming_the_file(detectors, tmp_path
         assert not out.exists()  # every image is checked before anything is written
     err = fails_with(capsys, "score", "--model", str(tmp_path / "good"), good)
     assert f"--model {tmp_path / 'good'}: no metadata.json there" in err
+    # a folder holding a file that is not an image: named, as training names it (it was skipped silently)
+    (tmp_path / "good" / "notes.txt").write_text("not an image")
+    err = fails_with(capsys, "score", "--model", model, str(tmp_path / "good"))
+    assert f"{tmp_path / 'good' / 'notes.txt'}: not an image file" in err and "move it out" in err
+
+
+def test_score_reads_images_as_training_did_converting_colour_to_the_model_s_channels(detectors, tmp_path, capsys):
+    # training converts an RGB image of a grayscale folder; score refused the same files
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    colour = np.repeat(gray[..., None], 3, axis=-1)  # the same pixels in three equal channels
+    paths = write_pngs(tmp_path / "gray", gray) + write_pngs(tmp_path / "colour", colour)
+    aelight(["score", "--model", str(detectors["onnx"]), *paths])
+    scores = [line.split(",")[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(scores) == 6 and scores[:3] == scores[3:]
 
 
 def test_exports_that_cannot_hold_are_one_line_and_write_nothing(detectors, tiny_data, tmp_path, capsys, monkeypatch):

@@ -198,3 +198,35 @@ def test_two_layer_networks_that_do_not_fit_are_named_with_their_fix():
     with pytest.raises(ConfigError, match="top_decoder.init_args.in_features to 1 and out_features to 4"):
         HierarchicalVAE(MLPEncoder(4, [8], image_shape=(1, 4, 4), final_activation=None),
                         MLPDecoder(2, [8], image_shape=(1, 4, 4)), MLP(2, 2), MLP(1, 2))  # fmt: skip
+
+
+def test_the_iwae_bound_with_many_samples_reaches_the_quadrature_log_likelihood(binary_images):
+    # IWAE_K = E[log (1/K) sum_k w_k] rises to log p(x) as K grows; without its - log K it would
+    # stand log K (8.3 nats here) above it, and still above the ELBO
+    model = tiny_vae(iwae_samples=4000)
+    x = binary_images[:16]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        bound = model.loss_terms(x, model(x))["iwae_bound"].item()
+    exact = quadrature_log_px(model, x).mean().item()
+    assert bound == pytest.approx(exact, abs=0.03) and bound <= exact + 0.01
+
+
+def test_the_vae_anomaly_score_is_minus_the_elbo_by_torch_distributions(binary_images):
+    # -ELBO = E_q[-log p(x|z)] + KL(q || N(0, I)): the KL must add; ``nll - kl`` would subtract it
+    model = tiny_vae(latent=2)
+    with torch.no_grad():
+        last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias[:2] += 1.5  # a posterior mean away from the prior: a KL of nats, not hundredths
+        x = binary_images[:8]
+        mu, logvar = model.posterior(x)
+        q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+        kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)
+        torch.manual_seed(6)
+        z = q.sample((4000,))
+        logits = model.decoder(z.reshape(-1, 2)).reshape(4000, len(x), -1)
+        nll = -torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(-1).mean(0)
+        torch.manual_seed(7)
+        score = model.anomaly_score(x, samples=4000)
+    assert kl.min() > 1.0
+    assert torch.allclose(score, nll + kl, atol=0.05), (score, nll + kl)

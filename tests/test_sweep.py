@@ -110,6 +110,29 @@ def test_interrupted_trials_queued_again_all_run_even_with_one_worker(tmp_path):
     assert sweep_study.left_to_start(study, GRID) == 0
 
 
+def test_a_search_sweep_runs_an_interrupted_setting_again_with_the_same_values(tmp_path):
+    spec = sweep_spec.SweepSpec(path="t", search={"model.init_args.optimizer.init_args.lr": {"low": 1e-4, "high": 1e-2,
+                                "log": True}}, trials=3, seeds=[0], metric="val/mse", direction="minimize",
+                                report=["val/mse"])  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = sweep_study.open_study(spec, "s", url, create=True)
+    drawn = []
+
+    def interrupted(trial, params, seeds):  # as run_trial records a run stopped by Ctrl-C
+        drawn.append(params)
+        trial.set_user_attr("interrupted", True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_workers.run_trials(study, spec, interrupted)
+    assert sweep_study.requeue_interrupted(study, url, spec) == 1
+    ran = []
+    sweep_workers.run_trials(study, spec, lambda trial, params, seeds: ran.append(params) or 0.02)
+    # the interrupted setting first, as it was drawn, then the search's other two trials
+    assert len(ran) == 3 and ran[0] == drawn[0] and drawn[0] not in ran[1:]
+    assert sweep_study.left_to_start(study, spec) == 0
+
+
 def test_spec_configs_are_found_beside_the_spec_then_in_the_current_folder(tmp_path, monkeypatch):
     lab = tmp_path / "lab"
     lab.mkdir()
@@ -269,14 +292,24 @@ def test_results_tables_average_seeds_and_rank_settings():
         line for line in sweep_results.results_markdown(searched, spec, "t").splitlines() if line.startswith("| lr=")
     ]
     assert shown == ["| lr=0.002758 | 1 | 0.1000 |", "| lr=0.002758 | 1 | 1.1000 |"]  # 4 digits, two settings
-    # an interrupted trial run again to completion is not listed as missing; one not yet run again is
-    table += [
-        {"trial": 4, "status": "failed", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
+    # an interrupted attempt that a later trial completed is marked superseded and not listed as
+    # missing; one not yet run again is, with its setting
+    table = [
+        {"trial": 0, "status": "failed", "seed": 0, "lr": 0.1, "test/mse": None, "reason": "interrupted"},
+        *table,
         {"trial": 5, "status": "failed", "seed": 0, "lr": 0.5, "test/mse": None, "reason": "interrupted"},
     ]
-    missing = sweep_results.results_markdown(table, spec, "t").split("Not completed:")[1]
-    assert "trial 3 (seed 1): failed: boom" in missing and "trial 5 (seed 0)" in missing and "trial 4" not in missing
-    assert "trial 3 (seed 1): failed: boom" in markdown
+    for n, row in enumerate(table):
+        row["trial"] = n
+    rows = sweep_results.superseding(table, spec)
+    assert [r["status"] for r in rows] == ["superseded", "complete", "complete", "complete", "failed", "failed"]
+    assert rows[0]["reason"] == "trial 1 completed this setting and seed (interrupted)"
+    missing = sweep_results.results_markdown(rows, spec, "t").split("Not completed:")[1]
+    assert missing.strip().splitlines() == [
+        "- trial 4 (lr=0.01, seed 1): failed: boom",
+        "- trial 5 (lr=0.5, seed 0): failed: interrupted",
+    ]
+    assert "trial 3 (lr=0.01, seed 1): failed: boom" in markdown
 
 
 def test_a_trials_run_prunes_with_the_sweeps_pruner_and_the_results_say_why(tmp_path, monkeypatch):
@@ -319,7 +352,10 @@ def test_results_written_while_another_machine_runs_a_trial_list_it_as_running(t
     table = sweep_results.result_rows(study, spec)
     assert [r["status"] for r in table] == ["complete", "running"]
     markdown = sweep_results.results_markdown(table, spec, "s")
-    assert f"trial {running.number} (seed 0): running: not finished when these results were written" in markdown
+    assert (
+        f"trial {running.number} (data.batch_size=16, seed 0): running: not finished when these results were written"
+        in markdown
+    )
 
 
 def test_results_of_a_sweep_as_it_stands_are_written_and_printed_without_starting_or_changing_a_trial(
@@ -558,7 +594,7 @@ def test_a_trial_whose_machine_went_silent_is_failed_by_its_heartbeat_and_run_ag
     sweep_workers.run_trials(study, GRID, run)
     assert sorted(ran) == [16, 32]  # this machine's worker failed it and ran its point too
     (row,) = [r for r in sweep_results.result_rows(study, GRID) if r["trial"] == elsewhere.number]
-    assert row["status"] == "failed" and row["reason"].startswith("interrupted: its worker stopped")
+    assert row["status"] == "superseded" and "(interrupted: its worker stopped" in row["reason"]
     assert "Not completed" not in sweep_results.results_markdown(
         sweep_results.result_rows(study, GRID), GRID, "s"
     )  # run again
@@ -570,3 +606,43 @@ def test_the_sweep_and_the_command_table_start_without_torch_or_lightning():
     code = f"import sys, {modules}; print(sorted({{'torch', 'lightning'}} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+def test_the_hparams_view_leads_with_the_metric_names_runs_by_setting_and_lists_failures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    from aelight.sweep.hparams_view import write_hparams_view
+
+    spec = sweep_spec.SweepSpec(path="t", metric="test/mse", direction="minimize",
+                                report=["val/loss (best)", "test/mse", "test/elbo"])  # fmt: skip
+    rows = [
+        {"trial": 0, "status": "superseded", "seed": 0, "lr": 0.1, "val/loss (best)": None, "test/mse": None,
+         "test/elbo": None, "reason": "trial 2 completed this setting and seed (interrupted)"},
+        {"trial": 1, "status": "failed", "seed": 0, "lr": 0.5, "val/loss (best)": None, "test/mse": None,
+         "test/elbo": None, "reason": "the loss became NaN"},
+        {"trial": 2, "status": "complete", "seed": 0, "lr": 0.1, "val/loss (best)": 0.04, "test/mse": 0.03,
+         "test/elbo": None, "reason": ""},
+    ]  # fmt: skip
+    folder = write_hparams_view(rows, spec, [("lr", "lr")], tmp_path)
+    write_hparams_view(rows, spec, [("lr", "lr")], tmp_path)  # written again: replaced, not appended to
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["lr=0.1, seed=0", "lr=0.5, seed=0"]
+
+    def plugin_content(path, tag):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        return events.PluginTagToContent("hparams")[tag]
+
+    experiment = metadata.parse_experiment_plugin_data(plugin_content(folder, metadata.EXPERIMENT_TAG))
+    # the spec's metric first, a metric no run logged (test/elbo) left out
+    assert [m.name.tag for m in experiment.metric_infos] == ["test/mse", "val/loss (best)"]
+    assert [h.name for h in experiment.hparam_infos] == ["lr", "seed", "status", "reason"]
+    failed = metadata.parse_session_start_info_plugin_data(
+        plugin_content(folder / "lr=0.5, seed=0", metadata.SESSION_START_INFO_TAG)
+    )
+    assert failed.hparams["status"].string_value == "failed"
+    assert failed.hparams["reason"].string_value == "the loss became NaN"
+    done = EventAccumulator(str(folder / "lr=0.1, seed=0"))
+    done.Reload()
+    assert done.Scalars("test/mse")[0].value == pytest.approx(0.03)
+    assert not list(tmp_path.glob(".hparams-*"))  # no half-built or old folder left beside it

@@ -415,19 +415,30 @@ def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previo
 
     logs = tmp_path / "logs"
     main(tiny_args(tiny_data, logs, "fit", CONFIG))
-    last = logs / "ae" / "version_0" / "checkpoints" / "last.ckpt"
-    good = last.read_bytes()
+    folder = logs / "ae" / "version_0" / "checkpoints"
+    real_save = checkpoint_io.torch.save
+    # the disk fills during best.ckpt's write (the resumed run's loss improves: best is written), then
+    # during last.ckpt's with best's write let through: each file keeps its previous bytes
+    for full in ("best.ckpt", "last.ckpt"):
+        good = {name: (folder / name).read_bytes() for name in ("best.ckpt", "last.ckpt")}
+        attempted = []
 
-    def save_until_full(checkpoint, f):
-        f.write(b"\0" * 1024)  # part of the file, then the disk is full
-        raise OSError(errno.ENOSPC, "No space left on device")
+        def save_until_full(checkpoint, f, full=full, attempted=attempted):
+            attempted.append(os.path.basename(f.name))
+            if not os.path.basename(f.name).startswith(f".{full}."):
+                return real_save(checkpoint, f)
+            f.write(b"\0" * 1024)  # part of the file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", save_until_full)
-    argv = tiny_args(tiny_data, logs, "fit", CONFIG, "--ckpt_path=last", epochs=3)
-    code, err = exit_code_and_stderr(main, argv, capsys)
-    assert_one_line_error(code, err, "is full", str(last.parent))
-    assert last.read_bytes() == good
-    assert not list(last.parent.glob(".*.tmp"))
+        monkeypatch.setattr(checkpoint_io.torch, "save", save_until_full)
+        argv = tiny_args(tiny_data, logs, "fit", CONFIG, "--ckpt_path=last", epochs=40)
+        code, err = exit_code_and_stderr(main, argv, capsys)
+        assert any(name.startswith(f".{full}.") for name in attempted), attempted  # the write was tried
+        assert_one_line_error(code, err, "is full", str(folder))
+        assert (folder / full).read_bytes() == good[full]
+        assert torch.load(folder / full, weights_only=True)["state_dict"]
+        assert not list(folder.glob(".*.tmp"))
+        monkeypatch.setattr(checkpoint_io.torch, "save", real_save)
 
 
 def test_evaluation_into_a_read_only_folder_fails_before_any_work_without_a_mount(

@@ -23,13 +23,13 @@ BATCH = 256  # images run at once
 
 
 def image_files(paths: list[str]) -> list[str]:
-    """The image files named by ``paths``: files as given, folders searched (sorted, hidden
-    entries and other files skipped); a missing path, a named non-image file or a folder without
-    images is one line."""
+    """The image files named by ``paths``: files as given, folders searched as training searches
+    them (sorted, hidden entries skipped, any other file an error naming it); a missing path, a
+    non-image file or a folder without images is one line."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            inside = images_in(path, strict=False)
+            inside = images_in(path)
             if not inside:
                 raise DetectorError(f"{path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
             found += inside
@@ -43,11 +43,10 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def read_image(path: str, meta: dict):
-    """One image as float32 (C, H, W) in [0, 1], as the detector's data module served them."""
+    """One image as float32 (C, H, W) in [0, 1], read as the detector's data module read its
+    training images: converted to its channels, resized and cropped as ``metadata.json`` says."""
     channels, height, width = meta["input"]["shape"]
-    pixels = read_pixels(
-        path, channels, meta["input"].get("resize"), meta["input"].get("center_crop"), strict_channels=True
-    )
+    pixels = read_pixels(path, channels, meta["input"].get("resize"), meta["input"].get("center_crop"))
     if pixels.shape[:2] != (height, width):
         raise DetectorError(
             f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {width}x{height} "

@@ -25,6 +25,7 @@ from aelight.run.arguments import ArgumentsParser, add_run_arguments, name_defau
 from aelight.runtime import is_higher_rank
 from aelight.training.lightning_compat import CheckpointCheckingCLI
 from aelight.training.loggers import TensorBoardRun
+from aelight.training.trainer import Trainer
 
 TENSORBOARD = "aelight.training.loggers.TensorBoardLogger"  # Lightning's, with scalars on the optimizer-step axis
 TENSORBOARD_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.TensorBoardLogger")
@@ -77,6 +78,13 @@ class RunConfigSaver(SaveConfigCallback):
 class AELightCLI(CheckpointCheckingCLI):
     def __init__(self, *args, subcommand: Optional[str] = None, **kwargs):
         self.only_subcommand = subcommand
+        command_line = kwargs.get("args") or []
+        # `--model mylab.L1AE` over a config's model: the run is named after the model it trains
+        # (l1ae), not the config's name (ae), so that `--ckpt_path best` on the same command line
+        # finds it and a plain run of the config does not pick it up
+        self.named_after_model = gives(command_line, "--model") and not any(
+            gives(command_line, option) for option in ("--trainer.logger", "--trainer.logger.init_args.name")
+        )
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:  # an instance's: Lightning calls it as self.subcommands()
@@ -93,11 +101,12 @@ class AELightCLI(CheckpointCheckingCLI):
 
     def subcommand_config(self):
         """The config of the subcommand (the whole config when built with run=False), with the
-        logger's ``name: auto`` replaced by the model's class name."""
+        logger's ``name: auto`` replaced by the model's class name (also a config's name when the
+        command line replaces its ``--model``)."""
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
         logger = cfg.trainer.logger
-        if is_tensorboard(logger) and logger.init_args.get("name") in (None, "auto"):
+        if is_tensorboard(logger) and (self.named_after_model or logger.init_args.get("name") in (None, "auto")):
             logger.init_args.name = cfg.model.class_path.rsplit(".", 1)[-1].lower()
         return subcommand, cfg
 
@@ -201,6 +210,11 @@ class AELightCLI(CheckpointCheckingCLI):
         return trainer
 
 
+def gives(command_line: list, option: str) -> bool:
+    """Whether a command line gives ``option`` itself (``--model X`` or ``--model=X``)."""
+    return any(arg == option or arg.startswith(option + "=") for arg in command_line if isinstance(arg, str))
+
+
 def is_tensorboard(logger) -> bool:
     return getattr(logger, "class_path", None) in TENSORBOARD_LOGGERS
 
@@ -210,6 +224,7 @@ def build_cli(args: list, run: bool = True, cli_class: type = AELightCLI) -> AEL
     return cli_class(
         subcommand=args[0] if run and args else None,
         model_class=AE,
+        trainer_class=Trainer,  # Lightning's, its batch limits parsed as counts or fractions
         subclass_mode_model=True,
         datamodule_class=ImageDataModule,
         subclass_mode_data=True,

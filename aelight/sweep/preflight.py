@@ -35,20 +35,26 @@ def checked_values(spec: SweepSpec) -> list[tuple[str, dict]]:
 
 
 def trial_checks(spec: SweepSpec, extra: list[str], scratch: Path) -> list:
-    """(what, the trial's first command) for each value of ``checked_values``."""
+    """(what, the trial's first command, the same without the sweep's command-line options) for
+    each value of ``checked_values``."""
     seed = spec.seeds[0]
     return [
-        (what, trial_commands(spec, {**params, "seed": seed}, seed, scratch, extra)[0])
+        (what, *(trial_commands(spec, {**params, "seed": seed}, seed, scratch, given)[0] for given in (extra, [])))
         for what, params in checked_values(spec)
     ]
 
 
+COMMAND_LINE = "command line"  # a problem in the options given to ``aelight sweep`` itself
+
+
 def problem(spec: SweepSpec, extra: list[str]) -> Optional[tuple[str, str]]:
     """(what, the parser's reason) for the first grid or search value (or sweep option) that the
-    trials' command would refuse, or None. The parsing runs in a child of this process's warm
-    forkserver (``aelight.sweep.trial_process``), which the worker then forks its trials from."""
+    trials' command would refuse, or None; what is ``COMMAND_LINE`` when the value passes without
+    the options given to ``aelight sweep`` and fails with them. The parsing runs in a child of this
+    process's warm forkserver (``aelight.sweep.trial_process``), which the worker then forks its
+    trials from."""
     with tempfile.TemporaryDirectory() as scratch:  # the trials' folders, never created
-        checks = [(what, command.argv) for what, command in trial_checks(spec, extra, Path(scratch))]
+        checks = [(what, given.argv, bare.argv) for what, given, bare in trial_checks(spec, extra, Path(scratch))]
     with ProcessPoolExecutor(1, mp_context=context()) as pool:
         found = pool.submit(first_problem, checks).result()
     return tuple(found) if found else None
@@ -56,35 +62,42 @@ def problem(spec: SweepSpec, extra: list[str]) -> Optional[tuple[str, str]]:
 
 def message(spec: SweepSpec, found: tuple[str, str]) -> str:
     what, reason = found
+    if what == COMMAND_LINE:
+        return f"aelight sweep: an option given on its command line (applied to every trial): {reason}"
     return f"sweep spec {spec.path}: {what}: {reason}"
 
 
-def first_problem(checks: list[tuple[str, list[str]]]) -> Optional[tuple[str, str]]:
+def first_problem(checks: list[tuple[str, list[str], list[str]]]) -> Optional[tuple[str, str]]:
     """In the child: the first (what, the parser's reason) among ``checks``' command lines."""
+    for what, argv, bare in checks:
+        reason = refusal(argv)
+        if reason:
+            return (COMMAND_LINE if bare != argv and not refusal(bare) else what), reason
+    return None
+
+
+def refusal(argv: list[str]) -> Optional[str]:
+    """Why the trial command ``argv`` would be refused by its parser, or None."""
     from aelight.run.api import argument_problem
 
-    for what, argv in checks:
-        command, *options = argv
-        if command == "anomaly":  # its own options first; the others are each digit's fit options
-            from aelight.apps.anomaly import parser
+    command, *options = argv
+    if command == "anomaly":  # its own options first; the others are each digit's fit options
+        from aelight.apps.anomaly import parser
 
-            said = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(said):
-                    _, options = parser().parse_known_args(options)
-            except SystemExit:
-                return what, (said.getvalue().strip().splitlines() or ["refused by aelight anomaly"])[-1]
-        if command in ("reduce", "features"):  # a baseline's trial: the application's own parser alone
-            from aelight.apps import represent
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                _, options = parser().parse_known_args(options)
+        except SystemExit:
+            return (said.getvalue().strip().splitlines() or ["refused by aelight anomaly"])[-1]
+    if command in ("reduce", "features"):  # a baseline's trial: the application's own parser alone
+        from aelight.apps import represent
 
-            said = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(said):
-                    represent.parser(command).parse_args(options)
-            except SystemExit:
-                return what, (said.getvalue().strip().splitlines() or [f"refused by aelight {command}"])[-1]
-            continue
-        problem = argument_problem([o for o in options if not o.startswith("--out=")])
-        if problem:
-            return what, problem
-    return None
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                represent.parser(command).parse_args(options)
+        except SystemExit:
+            return (said.getvalue().strip().splitlines() or [f"refused by aelight {command}"])[-1]
+        return None
+    return argument_problem([o for o in options if not o.startswith("--out=")])

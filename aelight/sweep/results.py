@@ -11,11 +11,14 @@ from typing import Optional
 from optuna.trial import TrialState
 
 from aelight import safe_files
+from aelight.sweep.hparams_view import write_hparams_view
 from aelight.sweep.spec import SweepSpec
 from aelight.sweep.study import PRUNING_MONITOR, counted, ended, has_drawn, interrupted, setting_of
 
 # results' status of a trial, from Optuna's state
 STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting"}
+# a row's columns that are not the trial's setting
+RESULT_COLUMNS = {"trial", "status", "seed", "seconds", "reason", "device", "run"}
 
 
 def result_rows(study, spec: SweepSpec) -> list[dict]:
@@ -35,6 +38,23 @@ def result_rows(study, spec: SweepSpec) -> list[dict]:
             row |= {"seconds": t.user_attrs.get("seconds"), "reason": reason(t)}
             row |= {"device": t.user_attrs.get("device", ""), "run": t.user_attrs.get("run", "")}
             rows.append(row)
+    return superseding(rows, spec)
+
+
+def superseding(rows: list[dict], spec: SweepSpec) -> list[dict]:
+    """An attempt that did not complete a setting and seed which a later trial completed (a sweep
+    interrupted and run again) is marked ``superseded``, naming the trial that completed it, so that
+    each point and seed has one row that counts."""
+    settled = {
+        (setting_text(r, RESULT_COLUMNS | set(spec.report)), r["seed"]): r["trial"]
+        for r in rows
+        if r["status"] == "complete"
+    }
+    for row in rows:
+        done_by = settled.get((setting_text(row, RESULT_COLUMNS | set(spec.report)), row["seed"]))
+        if row["status"] != "complete" and done_by is not None and done_by > row["trial"]:
+            row["status"] = "superseded"
+            row["reason"] = f"trial {done_by} completed this setting and seed ({row['reason'] or row['status']})"
     return rows
 
 
@@ -63,7 +83,7 @@ def results_csv(rows: list[dict]) -> str:
 def results_markdown(rows: list[dict], spec: SweepSpec, title: str, options: Optional[list] = None) -> str:
     """Mean ± std over seeds of each reported metric per setting, best first; failures below.
     ``options``: the trial options the sweep's command added to the spec, said under the title."""
-    fixed = {"trial", "status", "seed", "seconds", "reason", "device", "run", *spec.report}
+    fixed = RESULT_COLUMNS | set(spec.report)
     settings: dict[str, list[dict]] = {}
     for row in rows:
         if row["status"] == "complete":
@@ -95,18 +115,12 @@ def results_markdown(rows: list[dict], spec: SweepSpec, title: str, options: Opt
             if len(per_seed) > 1:
                 seeds = ", ".join(f"{seed}: {mean:.4f}" for seed, mean in per_seed.items())
                 lines[-1] += f"; over seeds {mean_std(list(per_seed.values()))} ({seeds})"
-    # an interrupted trial whose setting and seed a later run of the command completed is history only
-    redone = {(key, r["seed"]) for key, group in settings.items() for r in group}
-    failed = [
-        r
-        for r in rows
-        if r["status"] != "complete"
-        and not (r.get("reason", "").startswith("interrupted") and (setting_text(r, fixed), r["seed"]) in redone)
-    ]
+    failed = [r for r in rows if r["status"] not in ("complete", "superseded")]
     if failed:
         lines += ["", "Not completed:", ""]
         lines += [
-            f"- trial {r['trial']} (seed {r['seed']}): {r['status']}: {r['reason'] or 'no reason recorded'}"
+            f"- trial {r['trial']} ({setting_text(r, fixed, shown=True) or 'the base config'}, seed {r['seed']}): "
+            f"{r['status']}: {r['reason'] or 'no reason recorded'}"
             for r in failed
         ]
     return "\n".join(lines) + "\n"
@@ -173,5 +187,8 @@ def write_results(study, spec: SweepSpec, out: Path, title: str) -> None:
     safe_files.write_text(out / "results.csv", results_csv(rows), what="results")
     markdown = results_markdown(rows, spec, title, study.user_attrs.get("trials_run_as", {}).get("options"))
     safe_files.write_text(out / "results.md", markdown, what="results")
-    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md; the runs side by side (HParams): "
-          f"tensorboard --logdir {out}/runs")  # fmt: skip
+    fixed = RESULT_COLUMNS | set(spec.report)
+    settings = [(shown_option(key), key) for key in dict.fromkeys(k for r in rows for k in r if k not in fixed)]
+    view = write_hparams_view(rows, spec, settings, out)
+    print(markdown + f"\nwritten to {out}/results.csv and {out}/results.md; the points side by side (HParams): "
+          f"tensorboard --logdir {view}; each run's curves and images: tensorboard --logdir {out}/runs")  # fmt: skip

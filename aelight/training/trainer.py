@@ -1,0 +1,36 @@
+"""Lightning's Trainer with its batch limits typed for the command line: a whole number means that
+many batches, a fraction that share of them.
+
+Lightning annotates ``limit_*_batches`` as ``Union[float, int]``, which jsonargparse resolves to a
+float: ``--trainer.limit_train_batches 1`` arrived as 1.0, "100% of the batches", so a one-batch
+check trained a whole epoch (and ``2`` was refused as a fraction above 1)."""
+
+from typing import Optional, Union
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt
+from lightning.pytorch import Trainer as LightningTrainer
+
+BatchLimit = Optional[Union[NonNegativeInt, NonNegativeFloat]]  # the int first: "1" is one batch
+
+
+class Trainer(LightningTrainer):
+    """``lightning.pytorch.Trainer``; only the types its parser reads for the batch limits differ."""
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: BatchLimit = None,
+        limit_val_batches: BatchLimit = None,
+        limit_test_batches: BatchLimit = None,
+        limit_predict_batches: BatchLimit = None,
+        overfit_batches: Union[NonNegativeInt, NonNegativeFloat] = 0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            overfit_batches=overfit_batches,
+            **kwargs,
+        )

@@ -1,0 +1,62 @@
+"""What a new user met on the way from README to their own runs, each as it must behave now: a
+whole number of batches is that many batches, a run of a user's ``--model`` is named after it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aelight.commands import main as aelight_command
+from aelight.training.trainer import Trainer
+
+
+def test_a_whole_number_given_to_a_batch_limit_means_that_many_batches(cli_args):
+    # 1 arrived as 1.0 ("100% of the batches"): a one-batch check trained a whole epoch
+    logs = Path(cli_args()[-1].split("=", 1)[1])
+    steps = {}
+    for batches in (1, 2):
+        name = f"--trainer.logger.init_args.name=limit{batches}"
+        aelight_command(["fit", "--config=configs/ae.yaml", *cli_args(name, batches=batches)])
+        steps[batches] = json.loads(next(logs.glob(f"limit{batches}/version_*/result.json")).read_text())["steps"]
+    assert steps[1] > 0 and steps[2] == 2 * steps[1]  # the tiny data holds far more than two batches
+
+
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("3", 3), ("0.5", 0.5), ("1.0", 1.0), ("0", 0)])
+def test_batch_limits_parse_as_counts_or_fractions(given, expected):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Trainer, "trainer")
+    value = parser.parse_args([f"--trainer.limit_val_batches={given}"]).trainer.limit_val_batches
+    assert value == expected and isinstance(value, int) == isinstance(expected, int)
+
+
+def test_a_run_of_a_model_given_on_the_command_line_is_named_after_it_and_found_by_best(cli_args, capsys):
+    variant = ["--config=configs/ae.yaml", "--model=tests.user_variants.L1AE"]
+    aelight_command(["fit", *variant, *cli_args()])
+    logs = Path(cli_args()[-1].split("=", 1)[1])
+    assert [p.name for p in logs.iterdir()] == ["l1ae"]  # not the config's name, ae
+    aelight_command(["test", *variant, *cli_args(), "--ckpt_path=best"])
+    assert "test/mse" in capsys.readouterr().out
+    # the config's own model does not pick up the variant's run
+    with pytest.raises(SystemExit) as exit_:
+        aelight_command(["test", "--config=configs/ae.yaml", *cli_args(), "--ckpt_path=best"])
+    assert exit_.value.code != 0 and "no best.ckpt" in capsys.readouterr().err
+
+
+def test_the_readme_is_a_page_to_skim_whose_reference_links_all_resolve():
+    import re
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 230  # was 437 lines of reference manual
+    assert "python -m pytest -q" in readme  # the test command CI runs
+    pages = [REPO / "docs" / name for name in ("runs.md", "sweeps.md", "own-images.md", "guarantees.md")]
+    for page in pages:
+        assert f"(docs/{page.name})" in readme and page.is_file()
+    for document in [REPO / "README.md", *pages, REPO / "docs" / "applications.md"]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", document.read_text()):
+            assert (document.parent / target).exists(), f"{document.name} links {target}, which is missing"
+    # one thing said about Ctrl-C, the same as result.json's table
+    assert "Ctrl-C with 1" not in readme and "exit 130" in readme
