@@ -27,8 +27,12 @@ def test_batch_limits_parse_as_counts_or_fractions(given, expected):
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(Trainer, "trainer")
-    value = parser.parse_args([f"--trainer.limit_val_batches={given}"]).trainer.limit_val_batches
+    config = parser.parse_args([f"--trainer.limit_val_batches={given}"])
+    value = config.trainer.limit_val_batches
     assert value == expected and isinstance(value, int) == isinstance(expected, int)
+    # the saved config.yaml says the same (a dump through the int type once wrote 0.5 as 0)
+    again = parser.parse_string(parser.dump(config)).trainer.limit_val_batches
+    assert again == expected and isinstance(again, int) == isinstance(expected, int)
 
 
 def test_a_run_of_a_model_given_on_the_command_line_is_named_after_it_and_found_by_best(cli_args, capsys):

@@ -7,10 +7,12 @@ check trained a whole epoch (and ``2`` was refused as a fraction above 1)."""
 
 from typing import Optional, Union
 
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt
+from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import Trainer as LightningTrainer
 
-BatchLimit = Optional[Union[NonNegativeInt, NonNegativeFloat]]  # the int first: "1" is one batch
+# int first: "1" is one batch. A plain int, not NonNegativeInt: jsonargparse dumps a value of
+# Union[NonNegativeInt, NonNegativeFloat] through the int type, so 0.5 was saved as 0 in config.yaml.
+BatchLimit = Optional[Union[int, NonNegativeFloat]]
 
 
 class Trainer(LightningTrainer):
@@ -23,7 +25,7 @@ class Trainer(LightningTrainer):
         limit_val_batches: BatchLimit = None,
         limit_test_batches: BatchLimit = None,
         limit_predict_batches: BatchLimit = None,
-        overfit_batches: Union[NonNegativeInt, NonNegativeFloat] = 0.0,
+        overfit_batches: Union[int, NonNegativeFloat] = 0.0,
         **kwargs,
     ):
         super().__init__(
