@@ -12,6 +12,7 @@ import sys
 from typing import NamedTuple, Optional
 
 from aelight import run_result
+from aelight.errors import one_line_errors
 from aelight.runtime import PARENT_ENV, quiet_library_notices, skip_repeated_gpu_probe, stop_with_parent
 
 
@@ -84,12 +85,15 @@ def main(args: Optional[list] = None) -> None:
         sys.exit(0 if argv else 2)
     # an unknown command goes to the training parser, whose error lists the choices
     command = COMMANDS.get(argv[0], COMMANDS["fit"])
-    if command.uses_torch:  # a sweep's own processes train nothing (its trials call this)
-        skip_repeated_gpu_probe()
-    run = getattr(importlib.import_module(command.module), command.function)
     if command.group == MANY_RUNS:  # its results are results.csv and results.md
+        with one_line_errors():  # a Ctrl-C while the command's modules load: exit 130, no traceback
+            run = getattr(importlib.import_module(command.module), command.function)
         return run(argv[1:])
-    with run_result.recording(argv[0], argv):  # how the run ended: result.json in its folder
+    # how the run ended: result.json in its folder (also for a Ctrl-C while torch and Lightning load)
+    with one_line_errors(), run_result.recording(argv[0], argv):
+        if command.uses_torch:  # a sweep's own processes train nothing (its trials call this)
+            skip_repeated_gpu_probe()
+        run = getattr(importlib.import_module(command.module), command.function)
         if command.group == TRAINING:  # None: LightningCLI reads the command line itself
             run(None if args is None else argv)
         else:

@@ -64,3 +64,31 @@ def test_the_readme_is_a_page_to_skim_whose_reference_links_all_resolve():
             assert (document.parent / target).exists(), f"{document.name} links {target}, which is missing"
     # one thing said about Ctrl-C, the same as result.json's table
     assert "Ctrl-C with 1" not in readme and "exit 130" in readme
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.0])
+def test_ctrl_c_while_a_command_starts_is_an_interruption_without_a_traceback(tiny_data, tmp_path, delay):
+    # a Ctrl-C while torch and Lightning were loading printed a KeyboardInterrupt traceback (exit 1)
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    record = tmp_path / "result.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aelight", "anomaly", "--baseline=knn", "--digits", "1",
+         f"--data.data_dir={tiny_data}", f"--out={tmp_path / 'out'}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "AELIGHT_RESULT_FILE": str(record)},
+    )  # fmt: skip
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the command ended before the Ctrl-C came")
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "Ctrl-C" in err.strip().splitlines()[-1]
+    assert json.loads(record.read_text())["status"] == "interrupted"
