@@ -13,7 +13,13 @@ from typing import NamedTuple, Optional
 
 from aelight import run_result
 from aelight.errors import one_line_errors
-from aelight.runtime import PARENT_ENV, quiet_library_notices, skip_repeated_gpu_probe, stop_with_parent
+from aelight.runtime import (
+    PARENT_ENV,
+    ctrl_c_deferred,
+    quiet_library_notices,
+    skip_repeated_gpu_probe,
+    stop_with_parent,
+)
 
 
 class Command(NamedTuple):
@@ -86,14 +92,15 @@ def main(args: Optional[list] = None) -> None:
     # an unknown command goes to the training parser, whose error lists the choices
     command = COMMANDS.get(argv[0], COMMANDS["fit"])
     if command.group == MANY_RUNS:  # its results are results.csv and results.md
-        with one_line_errors():  # a Ctrl-C while the command's modules load: exit 130, no traceback
+        with one_line_errors(), ctrl_c_deferred():  # a Ctrl-C while its modules load: exit 130 once loaded
             run = getattr(importlib.import_module(command.module), command.function)
         return run(argv[1:])
     # how the run ended: result.json in its folder (also for a Ctrl-C while torch and Lightning load)
     with one_line_errors(), run_result.recording(argv[0], argv):
-        if command.uses_torch:  # a sweep's own processes train nothing (its trials call this)
-            skip_repeated_gpu_probe()
-        run = getattr(importlib.import_module(command.module), command.function)
+        with ctrl_c_deferred():  # until the libraries are loaded: one half-imported fails with its own error
+            if command.uses_torch:  # a sweep's own processes train nothing (its trials call this)
+                skip_repeated_gpu_probe()
+            run = getattr(importlib.import_module(command.module), command.function)
         if command.group == TRAINING:  # None: LightningCLI reads the command line itself
             run(None if args is None else argv)
         else:

@@ -1,12 +1,15 @@
 """Process-level settings that the ``aelight`` command makes when it starts (from Python, call them
 before training): faster steps without changing results, stopping with a sweep, a quiet console."""
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 PARENT_ENV = "AELIGHT_SWEEP_PARENT"  # pid of the aelight sweep process that started this one
 PRUNED_EXIT = 3  # the exit code of a run of aelight sweep that its pruning callback stopped
@@ -93,3 +96,22 @@ def quiet_library_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLibraryNotices) for f in logger.filters):
             logger.addFilter(_DropLibraryNotices())
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C during the body takes effect when it ends (in the main thread; elsewhere nothing
+    changes). For work that an interruption inside would leave broken rather than stopped: a
+    checkpoint write (torch.save's zip writer), or a library's import (numpy, scipy and torch
+    half-imported fail with their own errors, a RecursionError among them, hiding the Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's handler raises KeyboardInterrupt here

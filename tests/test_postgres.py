@@ -206,7 +206,7 @@ def test_a_machine_killed_mid_trial_has_its_trial_run_again_by_the_other_after_t
     table = table_of(slow, tmp_path / "b", tiny_data, url)
     assert sum(r["status"] == "complete" for r in table) == 4
     (row,) = [r for r in table if r["trial"] == str(lost.number)]
-    assert row["status"] == "failed" and row["reason"].startswith("interrupted")
+    assert row["status"] == "superseded" and "(interrupted" in row["reason"]  # its point completed on lab-b
 
 
 def test_a_stopped_database_stops_the_sweep_in_one_line_and_the_same_command_finishes_it_later(
@@ -237,4 +237,4 @@ def test_a_stopped_database_stops_the_sweep_in_one_line_and_the_same_command_fin
     )
     assert again.returncode == 0, again.stderr[-3000:]
     each_point_completed_once(url, SMALL)
-    assert {r["status"] for r in rows(out) if r["status"] != "failed"} == {"complete"}
+    assert {r["status"] for r in rows(out)} <= {"complete", "superseded"}  # what the outage stopped, completed later

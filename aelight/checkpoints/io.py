@@ -7,17 +7,15 @@ weights-only by default (set by the CLI): a checkpoint that carries pickled obje
 would run on load) is refused; ``aelight.checkpoints.trust`` then checks the class paths it names.
 """
 
-import contextlib
 import os
 import pickle
-import signal
-import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from aelight.errors import AelightError
+from aelight.runtime import ctrl_c_deferred
 from aelight.safe_files import atomic_open
 
 
@@ -39,30 +37,14 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch.save's legacy format starts with a pickled magic number
 
 
-@contextlib.contextmanager
-def ctrl_c_after_the_write() -> Iterator[None]:
-    """A Ctrl-C during the body takes effect when it ends: interrupted inside ``torch.save``, the zip
-    writer's clean-up fails with its own error, which would hide the interruption (a traceback,
-    exit 1, instead of Lightning's graceful stop). The previous file is intact either way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(signal.SIGINT, None)  # Python's handler raises KeyboardInterrupt here
-
-
 class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         path = str(path)
         if "://" in path:  # remote filesystems: Lightning's own (fsspec transaction) path
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with ctrl_c_after_the_write(), atomic_open(path, "wb", what="checkpoint") as f:
+        # interrupted inside torch.save, the zip writer's clean-up fails with its own error, which would
+        # hide the interruption (a traceback and exit 1 instead of Lightning's graceful stop)
+        with ctrl_c_deferred(), atomic_open(path, "wb", what="checkpoint") as f:
             torch.save(checkpoint, f)
             f.flush()
 
