@@ -60,6 +60,8 @@ def test_ctrl_c_inside_a_checkpoint_write_lands_after_it_with_the_file_whole(tmp
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", interrupted_save)
+    # Python's Ctrl-C handler, also where the tests were started with SIGINT ignored (a shell's background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     path = tmp_path / "last.ckpt"
     try:
         SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
@@ -67,4 +69,6 @@ def test_ctrl_c_inside_a_checkpoint_write_lands_after_it_with_the_file_whole(tmp
         pass
     else:
         raise AssertionError("the Ctrl-C was lost")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert torch.load(path, weights_only=True)["state_dict"]["w"].sum().item() == 3

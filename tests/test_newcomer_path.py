@@ -80,9 +80,10 @@ def test_ctrl_c_while_a_command_starts_is_an_interruption_without_a_traceback(ti
     record = tmp_path / "result.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "aelight", "anomaly", "--baseline=knn", "--digits", "1",
-         f"--data.data_dir={tiny_data}", f"--out={tmp_path / 'out'}"],
+         f"--data.data_dir={tiny_data}", "--data.val_size=100", f"--out={tmp_path / 'out'}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "AELIGHT_RESULT_FILE": str(record)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it
     )  # fmt: skip
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
