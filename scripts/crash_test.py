@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from aelight.run.folders import newest_checkpoint
+from aelight.sweep.results import RESULT_COLUMNS
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs ``aelight ARGS`` with torch.save writing its bytes in 8 chunks 15 ms apart, touching
@@ -113,11 +116,6 @@ def same_run(a: dict, b: dict) -> bool:
     )
 
 
-def newest_last(logs: Path, name: str):
-    found = sorted(logs.glob(f"{name}/version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3][8:]))
-    return found[-1] if found else None
-
-
 def crash_fit(fit_args: list[str], work: Path, kills: int, seed: int, in_write_share: float = 0.5) -> dict:
     """Kills ``aelight fit FIT_ARGS`` (a deterministic CPU run whose logger is named ``crash``)
     ``kills`` times, resuming it each time; a run that reaches its last epoch is compared with the
@@ -137,12 +135,12 @@ def crash_fit(fit_args: list[str], work: Path, kills: int, seed: int, in_write_s
     if done.returncode != 0:
         raise SystemExit(f"crash test: the uninterrupted run failed:\n{done.stderr[-3000:]}")
     run_seconds = time.monotonic() - started
-    reference = final_state(newest_last(reference_logs, "crash"))
+    reference = final_state(newest_checkpoint(reference_logs / "crash", "last"))
     figures = {"kills": 0, "kills_inside_writes": 0, "kills_at_random_times": 0, "restarts": 0, "runs_completed": 0,
                "files_checked": 0, "files_failed_to_load": [], "diverged": 0}  # fmt: skip
     markers, logs = work / "markers", work / "killed" / "run0"
     while True:
-        resume = ["--ckpt_path=last"] if newest_last(logs, "crash") else []
+        resume = ["--ckpt_path=last"] if newest_checkpoint(logs / "crash", "last") else []
         proc = aelight_driven(markers, [*base, f"--trainer.logger.init_args.save_dir={logs}", *resume])
         figures["restarts"] += 1
         if figures["kills"] < kills:
@@ -171,7 +169,7 @@ def crash_fit(fit_args: list[str], work: Path, kills: int, seed: int, in_write_s
         _, err = proc.communicate()  # it ran to the end (the kills spent, or before its moment came)
         if proc.returncode != 0:
             raise SystemExit(f"crash test: a resume failed ({proc.returncode}):\n{err[-3000:]}")
-        final = final_state(newest_last(logs, "crash"))
+        final = final_state(newest_checkpoint(logs / "crash", "last"))
         figures["runs_completed"] += 1
         figures["diverged"] += 0 if same_run(final, reference) else 1
         figures["files_failed_to_load"] += unreadable_files(logs)
@@ -215,7 +213,9 @@ def crash_sweep(spec: Path, sweep_args: list[str], work: Path, kills: int, seed:
     for row in rows:
         if row["status"] == "complete":
             point = tuple(
-                (k, v) for k, v in row.items() if k not in NOT_SETTING and not k.startswith(("val/", "test/"))
+                (k, v)
+                for k, v in row.items()
+                if k not in RESULT_COLUMNS - {"seed"} and not k.startswith(("val/", "test/"))
             )
             completed[point] = completed.get(point, 0) + 1
     figures["points_completed"] = len(completed)
@@ -224,7 +224,6 @@ def crash_sweep(spec: Path, sweep_args: list[str], work: Path, kills: int, seed:
     return figures
 
 
-NOT_SETTING = ("trial", "status", "seconds", "reason", "device", "run")  # results.csv's other columns
 SWEEP_SPEC = """description: the crash test's sweep (two points, two seeds)
 config: {config}
 grid:

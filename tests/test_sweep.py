@@ -304,6 +304,9 @@ def test_results_tables_average_seeds_and_rank_settings():
     rows = sweep_results.superseding(table, spec)
     assert [r["status"] for r in rows] == ["superseded", "complete", "complete", "complete", "failed", "failed"]
     assert rows[0]["reason"] == "trial 1 completed this setting and seed (interrupted)"
+    pruned = [{"trial": 0, "status": "pruned", "seed": 0, "lr": 0.1, "test/mse": None, "reason": ""},
+              {"trial": 1, "status": "complete", "seed": 0, "lr": 0.1, "test/mse": 0.3, "reason": ""}]  # fmt: skip
+    assert sweep_results.superseding(pruned, spec)[0]["reason"] == "trial 1 completed this setting and seed (pruned)"
     missing = sweep_results.results_markdown(rows, spec, "t").split("Not completed:")[1]
     assert missing.strip().splitlines() == [
         "- trial 4 (lr=0.01, seed 1): failed: boom",

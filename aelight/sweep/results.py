@@ -45,16 +45,14 @@ def superseding(rows: list[dict], spec: SweepSpec) -> list[dict]:
     """An attempt that did not complete a setting and seed which a later trial completed (a sweep
     interrupted and run again) is marked ``superseded``, naming the trial that completed it, so that
     each point and seed has one row that counts."""
-    settled = {
-        (setting_text(r, RESULT_COLUMNS | set(spec.report)), r["seed"]): r["trial"]
-        for r in rows
-        if r["status"] == "complete"
-    }
+    fixed = RESULT_COLUMNS | set(spec.report)
+    settled = {(setting_text(r, fixed), r["seed"]): r["trial"] for r in rows if r["status"] == "complete"}
     for row in rows:
-        done_by = settled.get((setting_text(row, RESULT_COLUMNS | set(spec.report)), row["seed"]))
+        done_by = settled.get((setting_text(row, fixed), row["seed"]))
         if row["status"] != "complete" and done_by is not None and done_by > row["trial"]:
+            was = row["reason"] or row["status"]
             row["status"] = "superseded"
-            row["reason"] = f"trial {done_by} completed this setting and seed ({row['reason'] or row['status']})"
+            row["reason"] = f"trial {done_by} completed this setting and seed ({was})"
     return rows
 
 

@@ -3,7 +3,7 @@ many batches, a fraction that share of them.
 
 Lightning annotates ``limit_*_batches`` as ``Union[float, int]``, which jsonargparse resolves to a
 float: ``--trainer.limit_train_batches 1`` arrived as 1.0, "100% of the batches", so a one-batch
-check trained a whole epoch (and ``2`` was refused as a fraction above 1)."""
+check trained a whole epoch."""
 
 from typing import Optional, Union
 
