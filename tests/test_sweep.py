@@ -470,6 +470,25 @@ def _take_trials(url: str, spec, worker_index: int) -> None:
     sweep_workers.run_trials(study, spec, lambda trial, params, seeds: time.sleep(0.02 * (trial.number % 3)) or 1.0)
 
 
+def test_a_worker_waits_out_another_s_write_lock_on_a_sqlite_study_longer_than_the_driver_s_five_seconds(tmp_path):
+    import sqlite3
+    import threading
+
+    from aelight.sweep.storage import rdb_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep_study.open_study(GRID, "s", url, create=True)
+    holder = sqlite3.connect(tmp_path / "study.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another worker's write, held past sqlite3's default 5 s
+    threading.Timer(6.0, holder.execute, args=("COMMIT",)).start()
+    started = time.monotonic()
+    storage = rdb_storage(url)
+    study_id = storage.get_study_id_from_name("s")
+    storage.set_study_user_attr(study_id, "waited", True)  # locked for 6 s: waits, then writes
+    assert time.monotonic() - started >= 5.5
+    assert storage.get_study_user_attrs(study_id)["waited"] is True
+
+
 @pytest.mark.parametrize("space", ["grid", "search"])
 def test_many_workers_on_one_storage_run_each_trial_of_the_spec_once(tmp_path, space):
     import multiprocessing

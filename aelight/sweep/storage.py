@@ -8,6 +8,11 @@ import optuna
 
 from aelight.errors import AelightError, ConfigError
 
+# how long a worker waits for another's write lock on a SQLite study before it gives up: the
+# driver's 5 s was exceeded by eight workers sharing two busy cores, and the worker that gave up
+# ended as if the database had gone away
+SQLITE_LOCK_WAIT_S = 60
+
 
 def rdb_storage(url: str, attempts: int = 8, **options) -> "optuna.storages.RDBStorage":
     """Optuna's ``RDBStorage`` at ``url``, also when several machines open a new database at once:
@@ -16,6 +21,8 @@ def rdb_storage(url: str, attempts: int = 8, **options) -> "optuna.storages.RDBS
     so a second try finds them whole and only reads them."""
     import sqlalchemy.exc
 
+    if url.startswith("sqlite"):
+        options["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_S}}
     for attempt in range(attempts):
         try:
             storage = optuna.storages.RDBStorage(url, **options)
@@ -33,7 +40,8 @@ def writes_one_at_a_time(engine) -> None:
     """Makes each transaction on a SQLite database take its write lock when it begins. SQLite has no
     ``SELECT ... FOR UPDATE``, with which Optuna lets one worker alone take a queued trial: without
     the lock two workers that ask at once both read the trial as waiting and both run it. (SQLAlchemy's
-    recipe for SQLite transactions: the driver's own BEGIN off, aelight's ``BEGIN IMMEDIATE`` on.)"""
+    recipe for SQLite transactions: the driver's own BEGIN off, aelight's ``BEGIN IMMEDIATE`` on.)
+    ``rdb_storage`` has each connection wait up to ``SQLITE_LOCK_WAIT_S`` for the lock."""
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
