@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aelight.sweep.shown import shown_value
 from aelight.sweep.spec import SweepSpec
 
 FOLDER = "hparams"
@@ -28,8 +29,7 @@ def session_rows(rows: list[dict]) -> list[dict]:
 
 def session_name(row: dict, setting: dict, taken: set) -> str:
     """A session's folder: its setting and seed as the tables show them, made a safe file name."""
-    text = ", ".join([*(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()),
-                      f"seed={row['seed']}"])  # fmt: skip
+    text = ", ".join([*(f"{k}={shown_value(v)}" for k, v in setting.items()), f"seed={row['seed']}"])
     name = "".join("_" if c in '/\\:*?"<>|' or ord(c) < 32 else c for c in text)[:200]
     if name in taken:  # the same point and seed tried twice, neither completed
         name = f"{name} (trial {row['trial']})"

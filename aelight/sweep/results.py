@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from aelight import safe_files
 from aelight.sweep.hparams_view import write_hparams_view
+from aelight.sweep.shown import shown_option, shown_value
 from aelight.sweep.spec import SweepSpec
 from aelight.sweep.study import PRUNING_MONITOR, counted, ended, has_drawn, interrupted, setting_of
 
@@ -139,14 +140,7 @@ def setting_text(row: dict, fixed: set, shown: bool = False) -> str:
     (results.csv keeps every digit)."""
     if not shown:
         return ", ".join(f"{k}={v}" for k, v in row.items() if k not in fixed)
-    return ", ".join(
-        f"{shown_option(k)}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in row.items() if k not in fixed
-    )
-
-
-def shown_option(key: str) -> str:
-    """An option as tables and progress lines show it: without its ``init_args.`` (results.csv keeps them)."""
-    return key.replace("init_args.", "")
+    return ", ".join(f"{shown_option(k)}={shown_value(v)}" for k, v in row.items() if k not in fixed)
 
 
 def mean_std(values: list) -> str:
