@@ -135,6 +135,13 @@ SLOW_SAVE_DRIVER = textwrap.dedent(
 )
 
 
+def answer_ctrl_c() -> None:
+    """A child's ``preexec_fn``: Ctrl-C answered as a terminal's command answers it, even when the
+    tests were started in a shell's background, which sets SIGINT ignored for every child (Python
+    then installs its KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_inside_a_slow_save(args: list[str], signal_file: Path, normal_saves: int, caught=lambda: True) -> int:
     """Runs ``aelight args`` with every torch.save after the first ``normal_saves`` slowed down,
     SIGKILLs it once it is inside such a write (``caught()`` must hold then) and returns its exit status."""

@@ -75,7 +75,7 @@ def test_ctrl_c_while_a_command_starts_is_an_interruption_without_a_traceback(ti
     import sys
     import time
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, answer_ctrl_c
 
     record = tmp_path / "result.json"
     proc = subprocess.Popen(
@@ -83,7 +83,7 @@ def test_ctrl_c_while_a_command_starts_is_an_interruption_without_a_traceback(ti
          f"--data.data_dir={tiny_data}", "--data.val_size=100", f"--out={tmp_path / 'out'}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "AELIGHT_RESULT_FILE": str(record)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it
+        preexec_fn=answer_ctrl_c,
     )  # fmt: skip
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)

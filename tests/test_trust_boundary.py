@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from aelight.commands import main
-from tests.conftest import REPO, kill_inside_a_slow_save, make_mnist_root, short_run_args, write_idx
+from tests.conftest import REPO, answer_ctrl_c, kill_inside_a_slow_save, make_mnist_root, short_run_args, write_idx
 
 CONFIG = "--config=configs/ae.yaml"
 
@@ -26,14 +26,8 @@ def aelight_cmd(*args: str) -> list[str]:
 
 
 def start(cmd: list[str], cwd=REPO, env=None) -> subprocess.Popen:
-    # Ctrl-C answered as a terminal's command would answer it, even when the tests themselves were
-    # started in the background of a shell, which sets SIGINT ignored for every child
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=answer_ctrl_c)  # fmt: skip
-
-
-def answer_ctrl_c() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python then installs its KeyboardInterrupt handler
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
