@@ -435,7 +435,13 @@ def test_each_worker_takes_its_share_of_the_cores_unless_omp_num_threads_says_ho
 CHILD = """
 import os, signal, sys, time
 from aelight.runtime import PARENT_ENV, stop_with_parent
-signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("stopped"), sys.exit(143)))
+def on_sigterm(*_):
+    # written whole, then renamed: the test may look between the file's creation and its write
+    with open(sys.argv[1] + ".part", "w") as f:
+        f.write("stopped")
+    os.replace(sys.argv[1] + ".part", sys.argv[1])
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_sigterm)
 stop_with_parent(int(os.environ[PARENT_ENV]))
 print("ready", flush=True)
 time.sleep(60)
