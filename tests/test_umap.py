@@ -109,3 +109,44 @@ def test_a_deskewed_graph_is_built_on_deskewed_training_images(tiny_data, tmp_pa
     assert not torch.equal(model.edges[0], fuzzy_graph(images, 5)[0])  # not the raw pixels' graph
     with pytest.raises(ConfigError, match="graph_space must be 'pixels' or 'deskewed'"):
         UMAPAE(MLPEncoder(2, [32]), MLPDecoder(2, [32]), graph_space="moments")
+
+
+def _graph_model(code: int, embedding_dims=None) -> UMAPAE:
+    torch.manual_seed(0)
+    images = (torch.rand(60, 28, 28) * 255).to(torch.uint8)
+    model = UMAPAE(MLPEncoder(code, [32], final_activation=None), MLPDecoder(code, [32]), n_neighbors=5,
+                   embedding_dims=embedding_dims)  # fmt: skip
+    model.graph_images, model.edges = images, fuzzy_graph(images.float() / 255, 5)
+    return model
+
+
+def test_umaps_term_shapes_only_the_first_embedding_dims_numbers_of_the_code():
+    model = _graph_model(code=6, embedding_dims=2)
+    codes = []
+
+    def keep_code(module, inputs, z):
+        z.retain_grad()
+        codes.append(z)
+
+    model.encoder.register_forward_hook(keep_code)
+    model.embedding_loss(16, torch.Generator().manual_seed(1)).backward()
+    grad = codes[0].grad
+    assert grad[:, :2].abs().sum() > 0 and torch.all(grad[:, 2:] == 0)
+    # the term on the first two numbers is the whole-code term of an encoder that gives only those two
+    whole = _graph_model(code=6)
+    whole.encoder.load_state_dict(model.encoder.state_dict())
+    sliced_forward = whole.encoder.forward
+    whole.encoder.forward = lambda x: sliced_forward(x)[:, :2]
+    expected = whole.embedding_loss(16, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.embedding_loss(16, torch.Generator().manual_seed(1)), expected)
+
+
+def test_embedding_dims_outside_the_code_is_a_config_error(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="embedding_dims must be at least 1"):
+        UMAPAE(MLPEncoder(2, [32]), MLPDecoder(2, [32]), embedding_dims=0)
+    model = UMAPAE(MLPEncoder(4, [32], final_activation=None), MLPDecoder(4, [32]), n_neighbors=5, embedding_dims=5)
+    data = MNISTDataModule(data_dir=str(tiny_data), download=False, val_size=100, batch_size=50)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match="embedding_dims 5 is more than the code's 4 numbers"):
+        trainer.fit(model, data)

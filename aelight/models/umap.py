@@ -28,7 +28,10 @@ class UMAPAE(AE):
     """``embedding_weight`` scales UMAP's loss against the reconstruction MSE; ``n_neighbors`` and
     ``min_dist`` are UMAP's; ``edges_per_step`` defaults to the batch size. ``graph_space``: the
     space whose nearest neighbours make the graph, ``pixels`` or ``deskewed`` pixels (purer
-    neighbourhoods: the 5-NN accuracy of MNIST's test images rises from 96.9% to 98.4%)."""
+    neighbourhoods: the 5-NN accuracy of MNIST's test images rises from 96.9% to 98.4%).
+    ``embedding_dims``: how many of the code's numbers (the first) UMAP's term shapes, all of them
+    by default; the others are left to the reconstruction alone, so that a code can keep both the
+    graph's clusters and what the clusters leave out."""
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class UMAPAE(AE):
         negative_samples: int = 5,
         edges_per_step: Optional[int] = None,
         graph_space: Literal["pixels", "deskewed"] = "pixels",
+        embedding_dims: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(encoder=encoder, decoder=decoder, **kwargs)
@@ -47,7 +51,9 @@ class UMAPAE(AE):
             raise ConfigError("UMAPAE: needs embedding_weight >= 0, n_neighbors >= 2 and negative_samples >= 1")
         if graph_space not in ("pixels", "deskewed"):
             raise ConfigError(f"UMAPAE: graph_space must be 'pixels' or 'deskewed', got {graph_space!r}")
-        self.graph_space = graph_space
+        if embedding_dims is not None and embedding_dims < 1:
+            raise ConfigError(f"UMAPAE: embedding_dims must be at least 1 (or left out for the whole code), got {embedding_dims}")
+        self.graph_space, self.embedding_dims = graph_space, embedding_dims
         self.embedding_weight, self.n_neighbors = embedding_weight, n_neighbors
         self.negative_samples, self.edges_per_step = negative_samples, edges_per_step
         self.curve = curve_parameters(min_dist)
@@ -62,6 +68,14 @@ class UMAPAE(AE):
             raise ConfigError("UMAPAE needs a data module with split_tensors (aelight's MNISTDataModule)")
         self.graph_images = split_tensors("train")[0].to(self.device)  # uint8, the whole split on every rank
         images = to_float_images(self.graph_images)
+        if self.embedding_dims is not None:
+            with torch.no_grad():
+                code_size = self.encoder(images[:1]).shape[1]
+            if self.embedding_dims > code_size:
+                raise ConfigError(
+                    f"UMAPAE: embedding_dims {self.embedding_dims} is more than the code's {code_size} numbers; "
+                    "set model.init_args.embedding_dims at most the encoder's out_features, or leave it out"
+                )
         self.edges = fuzzy_graph(deskewed(images) if self.graph_space == "deskewed" else images, self.n_neighbors)
 
     def on_validation_epoch_start(self) -> None:
@@ -78,7 +92,7 @@ class UMAPAE(AE):
         # one encoder pass for both ends of the drawn edges
         z_head, z_tail = self.encoder(
             to_float_images(self.graph_images[torch.cat([heads[drawn], tails[drawn]])])
-        ).chunk(2)
+        )[:, : self.embedding_dims].chunk(2)
         # negatives: other tails of the same draw, paired with each head
         others = torch.randint(0, count, (self.negative_samples * count,), device=drawn.device, generator=generator)
         z_negative = z_tail[others]
