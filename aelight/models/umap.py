@@ -52,7 +52,9 @@ class UMAPAE(AE):
         if graph_space not in ("pixels", "deskewed"):
             raise ConfigError(f"UMAPAE: graph_space must be 'pixels' or 'deskewed', got {graph_space!r}")
         if embedding_dims is not None and embedding_dims < 1:
-            raise ConfigError(f"UMAPAE: embedding_dims must be at least 1 (or left out for the whole code), got {embedding_dims}")
+            raise ConfigError(
+                f"UMAPAE: embedding_dims must be at least 1 (or left out for the whole code), got {embedding_dims}"
+            )
         self.graph_space, self.embedding_dims = graph_space, embedding_dims
         self.embedding_weight, self.n_neighbors = embedding_weight, n_neighbors
         self.negative_samples, self.edges_per_step = negative_samples, edges_per_step
@@ -90,9 +92,8 @@ class UMAPAE(AE):
         count = self.edges_per_step or batch_size
         drawn = torch.multinomial(weights, count, replacement=True, generator=generator)
         # one encoder pass for both ends of the drawn edges
-        z_head, z_tail = self.encoder(
-            to_float_images(self.graph_images[torch.cat([heads[drawn], tails[drawn]])])
-        )[:, : self.embedding_dims].chunk(2)
+        codes = self.encoder(to_float_images(self.graph_images[torch.cat([heads[drawn], tails[drawn]])]))
+        z_head, z_tail = codes[:, : self.embedding_dims].chunk(2)
         # negatives: other tails of the same draw, paired with each head
         others = torch.randint(0, count, (self.negative_samples * count,), device=drawn.device, generator=generator)
         z_negative = z_tail[others]
